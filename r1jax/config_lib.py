@@ -1,0 +1,106 @@
+"""Experiment configs: `file.py:arg` loading, `--config.a.b=v` overrides, and `get_config(arg)` arg parsing.
+
+An experiment file defines `get_config(arg=None)` returning an `ml_collections.ConfigDict`; `arg` is a
+comma-separated list such as `model=tiny,runlocal`. Configs are locked after loading, so an override of a field
+that does not exist fails with a message that names it, before anything compiles.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+import sys
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+    """`'model=tiny,runlocal'` → ConfigDict(model='tiny', runlocal=True), typed after `defaults`."""
+    out = ml_collections.ConfigDict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key not in defaults:
+            raise ValueError(f"config arg {key!r} (in {arg!r}): unknown; known args are {sorted(defaults)}")
+        out[key] = True if not _ else _cast(value, defaults[key], f"arg {key}")
+    return out
+
+
+def _cast(text: str, like, name: str):
+    if isinstance(like, bool):
+        if text.lower() in ("1", "true", "yes"):
+            return True
+        if text.lower() in ("0", "false", "no"):
+            return False
+        raise ValueError(f"{name}={text!r}: expected a boolean")
+    if isinstance(like, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"{name}={text!r}: expected an integer") from None
+    if isinstance(like, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"{name}={text!r}: expected a number") from None
+    if isinstance(like, (tuple, list)):
+        if not text:
+            return type(like)()
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = tuple(t for t in text.split(",") if t)
+        return type(like)(value if isinstance(value, (tuple, list)) else (value,))
+    return text
+
+
+def load_module(path: str):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--config: no experiment file at {path!r}")
+    name = "r1jax_experiment_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_config(spec: str, overrides=()) -> ml_collections.ConfigDict:
+    """`experiments/r1_zero.py:tiny` plus `['rl.group_size=4', ...]` → a locked ConfigDict."""
+    path, _, arg = spec.partition(":")
+    module = load_module(path)
+    config = module.get_config(arg or None)
+    config.lock()
+    return apply_overrides(config, overrides)
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
+    for item in overrides:
+        item = item.removeprefix("--config.").removeprefix("config.")
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r}: expected --config.field=value")
+        node, parts = config, key.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                raise ValueError(f"--config.{key}: unknown field {'.'.join(parts[: i + 1])!r}")
+            if i < len(parts) - 1:
+                node = node[part]
+        current = node[parts[-1]]
+        node[parts[-1]] = _cast(value, current, f"--config.{key}") if current is not None else value
+    return config
+
+
+def split_cli_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Separate `--config.x=y` arguments (overrides) from the rest."""
+    rest, overrides = [], []
+    it = iter(argv)
+    for a in it:
+        if a.startswith("--config."):
+            if "=" not in a:
+                a = f"{a}={next(it, '')}"
+            overrides.append(a)
+        else:
+            rest.append(a)
+    return rest, overrides

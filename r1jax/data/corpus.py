@@ -1,0 +1,58 @@
+"""Text corpora built from the built-in tasks: the stage-0 pretraining mix and the stage-2 cold-start set.
+
+The built-in default has no base model to download, so stage 0 pretrains a tiny one on worked solutions of
+mixed quality: a fraction of the responses use the R1 tags and the rest answer in plain prose, and a fraction
+of the solutions contain a wrong step or a wrong final answer. The resulting base model follows the format
+part of the time and is right part of the time, the situation R1-Zero starts from (a small stand-in for
+DeepSeek-V3-Base, not a claim about it).
+
+The cold-start set (paper 2.3.1) is the opposite: clean, readable solutions in the paper's output format
+`|special_token|<reasoning_process>|special_token|<summary>`, rendered here with the think/answer tags.
+"""
+
+from __future__ import annotations
+
+import random
+
+from r1jax.tokenizer import apply_template
+
+
+def tagged_response(reasoning: str, answer: str) -> str:
+    """The R1 template's completion: `<think> reasoning </think> <answer> answer </answer>`."""
+    return f" <think> {reasoning} </think> <answer> {answer} </answer>"
+
+
+def plain_response(reasoning: str, answer: str) -> str:
+    return f" {reasoning} The answer is {answer}."
+
+
+def pretraining_records(
+    task, n: int, *, seed: int, difficulty: int, template: str, format_rate: float, error_rate: float
+) -> list[dict]:
+    """SFT records {id, prompt, response} of mixed quality for stage 0."""
+    for name, v in (("format_rate", format_rate), ("error_rate", error_rate)):
+        if not 0 <= v <= 1:
+            raise ValueError(f"data.{name}={v}: must be in [0, 1]")
+    rng = random.Random(seed)
+    out = []
+    for ex in task.generate(n, seed=seed, difficulty=difficulty):
+        reasoning, answer = task.noisy_solution(ex, rng, error_rate)
+        render = tagged_response if rng.random() < format_rate else plain_response
+        out.append({"id": ex.id, "prompt": apply_template(ex.question, template), "response": render(reasoning, answer)})
+    return out
+
+
+def cold_start_records(task, n: int, *, seed: int, difficulty: int, template: str) -> list[dict]:
+    """Clean, readable long-CoT records for stage 2: a reasoning process, then a summary with the answer."""
+    out = []
+    for ex in task.generate(n, seed=seed, difficulty=difficulty):
+        reasoning = task.worked_solution(ex)
+        summary = f"The answer is {ex.answer}."
+        response = f" <think> {reasoning} </think> <answer> {ex.answer} </answer> {summary}"
+        out.append({"id": ex.id, "prompt": apply_template(ex.question, template), "response": response})
+    return out
+
+
+def tokenizer_texts(records: list[dict]) -> list[str]:
+    """Text to train the sentencepiece model on: prompts and responses."""
+    return [r["prompt"] + r["response"] for r in records]

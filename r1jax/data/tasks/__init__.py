@@ -1,0 +1,48 @@
+"""Built-in reasoning tasks, generated procedurally from a seed (nothing is downloaded).
+
+    task = get_task("arithmetic")                  # or "countdown", "gym:basic_arithmetic"
+    train = task.generate(1000, seed=0)            # list[Example]; another seed gives another split
+    task.verify("432", train[0])                   # exact check of a predicted final answer
+    text, answer = task.noisy_solution(train[0], rng, error_rate=0.3)   # for a mixed-quality corpus
+
+`verify` accepts an Example, a record dict (as the prompt pipeline carries it:
+'question', 'answer', optional 'meta') or a bare gold string.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from r1jax.data.tasks.arithmetic import ArithmeticTask
+from r1jax.data.tasks.base import Example, Task, parse_number
+from r1jax.data.tasks.countdown import CountdownTask, ExpressionError, evaluate
+
+BUILTIN_TASKS = ("arithmetic", "countdown")
+
+
+def get_task(name: str, **kwargs: Any) -> Task:
+    """'arithmetic' | 'countdown' | 'gym:<reasoning_gym dataset>' -> task object; kwargs go to its constructor."""
+    if name == "arithmetic":
+        if kwargs:
+            raise ValueError(f"get_task('arithmetic'): unexpected options {sorted(kwargs)}")
+        return ArithmeticTask()
+    if name == "countdown":
+        return CountdownTask(**kwargs)
+    if name.startswith("gym:"):
+        from r1jax.data.tasks.gym import GymTask  # lazy: reasoning-gym is optional
+
+        return GymTask(name.removeprefix("gym:"), **kwargs)
+    raise ValueError(f"task={name!r}: expected one of {BUILTIN_TASKS} or 'gym:<reasoning_gym name>'")
+
+
+__all__ = [
+    "BUILTIN_TASKS",
+    "ArithmeticTask",
+    "CountdownTask",
+    "Example",
+    "ExpressionError",
+    "Task",
+    "evaluate",
+    "get_task",
+    "parse_number",
+]

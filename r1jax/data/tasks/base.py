@@ -1,0 +1,124 @@
+"""The `Example` record shared by the built-in tasks, and small helpers (number parsing, rng adapters).
+
+Tasks are generated procedurally from a seed, so the same seed gives the same
+data on every machine and nothing is downloaded. Everything in an Example is
+plain Python (str / int / list / dict) so it survives JSONL and grain.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import re
+from collections.abc import Mapping
+from fractions import Fraction
+from typing import Any, Protocol
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One task instance.
+
+    id:       unique and stable, '<task>-<seed>-<index>'.
+    question: the problem statement shown to the model (no template around it).
+    answer:   the gold final answer, as text.
+    solution: a readable worked solution, step by step, without answer tags; its last
+              step reaches the answer.
+    task:     the task name that `r1jax.data.tasks.get_task` resolves ('arithmetic', ...).
+    meta:     task-specific fields needed to verify or re-derive the solution (JSON-serialisable).
+    """
+
+    id: str
+    question: str
+    answer: str
+    solution: str
+    task: str
+    meta: dict = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Example:
+        return cls(
+            id=str(d["id"]),
+            question=str(d["question"]),
+            answer=str(d["answer"]),
+            solution=str(d.get("solution", "")),
+            task=str(d.get("task", "")),
+            meta=dict(d.get("meta") or {}),
+        )
+
+
+class Task(Protocol):
+    """What every task provides (built-in or adapted)."""
+
+    name: str
+
+    def generate(self, n: int, *, seed: int, difficulty: int | None = None) -> list[Example]: ...
+
+    def verify(self, predicted_answer: str, example_or_gold: Example | Mapping | str) -> bool: ...
+
+    def worked_solution(self, example: Example) -> str: ...
+
+    def noisy_solution(self, example: Example, rng: Any, error_rate: float) -> tuple[str, str]: ...
+
+
+# ----------------------------------------------------------------------------- numbers
+
+_NUMBER_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
+_FRACTION_RE = re.compile(r"^([+-]?\d+)\s*/\s*([+-]?\d+)$")
+
+
+def parse_number(text: str | None) -> Fraction | None:
+    """'1,234' / '-7' / '0.50' / '3/4' / '$12$' -> exact Fraction; anything else -> None."""
+    if text is None:
+        return None
+    s = str(text).strip().strip("$").strip().rstrip(".").replace(",", "").replace(" ", "")
+    if _NUMBER_RE.match(s):
+        return Fraction(s)
+    m = _FRACTION_RE.match(s)
+    if m and int(m.group(2)) != 0:
+        return Fraction(int(m.group(1)), int(m.group(2)))
+    return None
+
+
+def gold_of(example_or_gold: Example | Mapping | str) -> str:
+    """The gold answer text of an Example, a record dict {'answer': ...} or a bare string."""
+    if isinstance(example_or_gold, Example):
+        return example_or_gold.answer
+    if isinstance(example_or_gold, Mapping):
+        return str(example_or_gold["answer"])
+    return str(example_or_gold)
+
+
+# ----------------------------------------------------------------------------- rng
+
+
+def as_random(rng: Any) -> random.Random:
+    """Accept `random.Random`, a numpy Generator or an int seed; return a `random.Random`.
+
+    A numpy Generator is consumed once (one draw) to seed the Random, so callers that pass
+    the same Generator state get the same noise.
+    """
+    if isinstance(rng, random.Random):
+        return rng
+    if isinstance(rng, int):
+        return random.Random(rng)
+    if hasattr(rng, "integers"):
+        return random.Random(int(rng.integers(0, 2**63 - 1)))
+    raise TypeError(f"rng={rng!r}: expected random.Random, numpy.random.Generator or int")
+
+
+def check_generate_args(task: str, n: int, seed: int, difficulty: int, max_difficulty: int) -> None:
+    if n < 0:
+        raise ValueError(f"{task}.generate: n={n} must be >= 0")
+    if not isinstance(seed, int):
+        raise ValueError(f"{task}.generate: seed={seed!r} must be an int")
+    if not 1 <= difficulty <= max_difficulty:
+        raise ValueError(f"{task}.generate: difficulty={difficulty} must be in [1, {max_difficulty}]")
+
+
+def check_error_rate(error_rate: float) -> None:
+    if not 0.0 <= error_rate <= 1.0:
+        raise ValueError(f"error_rate={error_rate} must be in [0, 1]")

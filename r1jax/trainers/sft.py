@@ -1,0 +1,184 @@
+"""Supervised trainer: stage-0 pretraining, cold-start SFT (stage 2), rejection-sampling SFT (stage 4).
+
+Packed rows of [prompt ; response] with the loss on response tokens only:
+
+    records ─► tokenize, pack (grain) ─► tokens_bt, targets_bt, loss_mask_bt, segment_ids_bt, positions_bt
+      ─► hidden = model(tokens, segments, positions) ─► log π(target) (fused kernel, no B×T×V logits)
+      ─► loss = −Σ mask·log π / Σ mask ─► AdamW
+
+The data come either from a built-in task (`data.source='task'`: the mixed-quality pretraining corpus or the
+clean cold-start set) or from JSONL / Parquet / ArrayRecord files with prompt/response fields.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from r1jax import checkpoint as ckpt_lib
+from r1jax import kernels, sharding
+from r1jax import metrics as metrics_lib
+from r1jax.data import corpus
+from r1jax.data import tasks as tasks_lib
+from r1jax.data.sft import SFTFields, make_sft_iterator
+from r1jax.tokenizer import SentencePieceTokenizer
+from r1jax.trainers import common
+
+
+def sft_config() -> ml_collections.ConfigDict:
+    """Every field the SFT trainer reads, with defaults; experiment files change values, never add fields."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.model = common.model_config()
+    c.init_from_scratch = False  # True: a fresh `model.preset` (stage 0), ignoring model.checkpoint
+    c.tokenizer = common.tokenizer_config()
+    c.tokenizer.train_vocab_size = 0  # > 0: train a sentencepiece model of this size on the corpus (stage 0)
+    c.template = "r1_zero"
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "pretrain"  # 'pretrain' | 'cold_start' (built-in task corpora) | 'files'
+    c.data.task = "arithmetic"
+    c.data.difficulty = 1
+    c.data.num_examples = 20_000
+    c.data.seed = 3
+    c.data.format_rate = 0.4  # pretrain corpus: fraction of responses in the <think>/<answer> format
+    c.data.error_rate = 0.3  # pretrain corpus: fraction of solutions with a wrong step or answer
+    c.data.files = ()
+    c.data.prompt_field = "prompt"
+    c.data.response_field = "response"
+    c.data.on_error = "raise"
+    c.seq_len = 256  # packed row length T
+    c.batch_size = 16  # packed rows per step B
+    c.num_steps = 1000
+    c.optim = common.optimizer_config(learning_rate=1e-3, warmup_steps=50, weight_decay=0.01)
+    c.mesh = ml_collections.ConfigDict({"shape": (-1, 1, 1)})
+    c.kernels = ml_collections.ConfigDict({"implementation": "auto"})
+    c.checkpoint = ml_collections.ConfigDict({"every": 200, "max_to_keep": 2, "async_save": True})
+    c.log_every = 10
+    return c
+
+
+def validate(c, num_devices: int | None = None) -> None:
+    if c.data.source not in ("pretrain", "cold_start", "files"):
+        raise ValueError(f"data.source={c.data.source!r}: expected 'pretrain', 'cold_start' or 'files'")
+    if c.data.source == "files" and not c.data.files:
+        raise ValueError("data.files=(): data.source='files' needs at least one file")
+    for f in c.data.files:
+        if not os.path.exists(f):
+            raise ValueError(f"data.files: no such file {f!r}")
+    if c.num_steps < 1:
+        raise ValueError(f"num_steps={c.num_steps}: must be >= 1")
+    if c.seq_len < 2:
+        raise ValueError(f"seq_len={c.seq_len}: must be >= 2")
+    common.validate_optimizer(c.optim)
+    dp = np.prod(sharding.resolve_mesh_shape(c.mesh.shape, num_devices)[:2])
+    if c.batch_size % dp:
+        raise ValueError(f"batch_size={c.batch_size}: not divisible by the data-parallel size {dp}")
+    if not c.init_from_scratch and not c.model.checkpoint:
+        raise ValueError("model.checkpoint='': SFT needs a checkpoint to start from (or init_from_scratch=True)")
+
+
+def load_records(c) -> list[dict] | list[str]:
+    if c.data.source == "files":
+        return list(c.data.files)
+    task = tasks_lib.get_task(c.data.task)
+    kw = dict(seed=c.data.seed, difficulty=c.data.difficulty, template=c.template)
+    if c.data.source == "pretrain":
+        return corpus.pretraining_records(
+            task, c.data.num_examples, format_rate=c.data.format_rate, error_rate=c.data.error_rate, **kw
+        )
+    return corpus.cold_start_records(task, c.data.num_examples, **kw)
+
+
+def sft_loss(params, batch, *, graphdef, implementation):
+    """Mean negative log-likelihood of the response tokens of packed rows."""
+    model = common.merge(graphdef, params)
+    seg_bt = batch["segment_ids_bt"]
+    hidden, _ = model(
+        batch["tokens_bt"], mask_bt=seg_bt > 0, positions_bt=batch["positions_bt"], segment_ids_bt=seg_bt
+    )
+    logp_bt = kernels.grouped_logprob(
+        hidden, model.lm_head_weight(), batch["targets_bt"], implementation=implementation
+    )
+    mask = batch["loss_mask_bt"].astype(jnp.float32)
+    return -(logp_bt * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+
+
+def train_step(state, batch, *, graphdef, optimizer, implementation):
+    loss, grads = jax.value_and_grad(sft_loss)(state.params, batch, graphdef=graphdef, implementation=implementation)
+    state, m = common.apply_gradients(state, grads, loss, optimizer)
+    return state, {"sft/loss": loss, **m}
+
+
+def train(config, workdir: str) -> dict:
+    validate(config)
+    c = config
+    os.makedirs(workdir, exist_ok=True)
+    mesh = sharding.make_mesh(c.mesh.shape)
+    records = load_records(c)
+    tok_path = c.tokenizer.path
+    if c.tokenizer.train_vocab_size:
+        tok_path = os.path.join(workdir, "tokenizer.model")
+        if not os.path.exists(tok_path):  # a resumed run keeps its tokenizer
+            SentencePieceTokenizer.train(
+                corpus.tokenizer_texts(records), vocab_size=c.tokenizer.train_vocab_size
+            ).save(tok_path)
+    model_cfg = c.model
+    if c.init_from_scratch:
+        model_cfg = ml_collections.ConfigDict(c.model.to_dict())
+        model_cfg.checkpoint = ""
+    model, tokenizer = common.build_model(model_cfg, c.seed, tok_path)
+    if c.seq_len > model.cfg.max_seq_len:
+        raise ValueError(f"seq_len={c.seq_len} exceeds the model's context max_seq_len={model.cfg.max_seq_len}")
+    data_it, data_stats = make_sft_iterator(
+        records, encode=tokenizer.encode, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+        seq_len=c.seq_len, batch_size=c.batch_size, seed=c.seed, on_error=c.data.on_error,
+        fields=SFTFields(prompt=c.data.prompt_field, response=c.data.response_field),
+    )
+    optimizer = common.make_optimizer(c.optim, c.num_steps)
+    graphdef, state, state_shardings = common.create_train_state(model, optimizer, mesh, c.seed)
+    checkpointer = ckpt_lib.Checkpointer(
+        os.path.join(workdir, "checkpoints"), max_to_keep=c.checkpoint.max_to_keep, async_save=c.checkpoint.async_save
+    )
+    identity = common.run_identity(c, ["data.source", "data.task", "data.files", "seq_len", "batch_size", "seed"])
+    state, data_state, start = common.restore_or_start(checkpointer, state, state_shardings, identity, False)
+    if data_state is not None:
+        data_it.set_state(data_state)
+
+    batch_sh = sharding.batch_sharding(mesh, 2)
+    step_fn = jax.jit(
+        functools.partial(train_step, graphdef=graphdef, optimizer=optimizer, implementation=c.kernels.implementation),
+        in_shardings=(state_shardings, batch_sh), out_shardings=(state_shardings, None), donate_argnums=0,
+    )
+    writer = metrics_lib.MetricsWriter(workdir)
+    bar = metrics_lib.progress(c.num_steps, initial=start, desc="sft")
+    m, t0, tokens = {}, time.perf_counter(), 0
+    with ckpt_lib.PreemptionGuard() as guard:
+        for step in range(start + 1, c.num_steps + 1):
+            batch = next(data_it)
+            tokens += int((batch["segment_ids_bt"] > 0).sum())
+            state, m = step_fn(state, jax.device_put(batch, batch_sh))
+            if step % c.log_every == 0 or step == c.num_steps:
+                m = jax.device_get(m)
+                dt = time.perf_counter() - t0
+                m["perf/tokens_per_s"] = tokens / max(dt, 1e-9)
+                writer.write(step, m)
+                bar.set_postfix(loss=f"{float(m['sft/loss']):.3f}")
+                t0, tokens = time.perf_counter(), 0
+            bar.update(1)
+            if step % c.checkpoint.every == 0 or step == c.num_steps or guard.triggered:
+                checkpointer.save(step, common.state_to_dict(state), data_it.get_state(), identity)
+            if guard.triggered:
+                checkpointer.close()
+                return {"preempted_at": step}
+    bar.close()
+    checkpointer.close()
+    writer.close()
+    metrics_lib.plot_curves(metrics_lib.read_history(workdir), ["sft/loss"], os.path.join(workdir, "curves.png"))
+    ckpt_lib.export_model(common.merge(graphdef, jax.device_get(state.params)), tokenizer, os.path.join(workdir, "model"))
+    return {k: float(v) for k, v in m.items()} | {"data/" + k: v for k, v in data_stats.items()}
