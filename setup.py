@@ -43,6 +43,7 @@ setuptools.setup(
             "pytest>=8",
             "pytest-xdist>=3.5",
             "ruff>=0.6",
+            "wheel",
             "nbclient>=0.10",
             "nbformat>=5.9",
             "ipykernel>=6.29",

@@ -70,16 +70,14 @@ def main():
     parser.add_argument("--json", default=None, help="write the figures to this path")
     args = parser.parse_args()
 
-    impls = ["xla", "chunked"] + (["pallas_tpu" if jax.default_backend() == "tpu" else "pallas_gpu"] * (
-        jax.default_backend() in ("gpu", "tpu")
-    ))
+    backend = jax.default_backend()
+    impls = ["xla", "chunked"] + ([f"pallas_{backend}"] if backend in ("gpu", "tpu") else [])
     memory = {}
     for n in MEMORY_NS:
         for impl in impls:
             memory[f"{impl}/N={n}"] = temp_bytes(impl, n, QWEN_D, QWEN_V, jnp.bfloat16)
     seconds = time_ratio(args.reps)
 
-    backend = jax.default_backend()
     print(f"## grouped log-prob, fwd+bwd temp memory (D={QWEN_D}, V={QWEN_V}, bf16), backend={backend}\n")
     print("| N | " + " | ".join(f"{i} temp" for i in impls) + " | xla / chunked |")
     print("|---|" + "---|" * (len(impls) + 1))

@@ -14,15 +14,17 @@ ENTRY = "r1jax.evals:run"
 
 
 def get_config(arg=None):
-    arg = config_lib.parse_arg(arg, model="tiny", task="arithmetic", k=4)
+    arg = config_lib.parse_arg(arg, positional="model", model="tiny", task="arithmetic", k=4)
     c = grpo.grpo_config()
     c.model.preset = arg.model
     c.data.task = arg.task
     c.eval.num_samples = arg.k
     if arg.model == "tiny":
+        c.data.difficulty = 0 if arg.task == "arithmetic" else 1  # as experiments/pretrain.py and r1_zero.py
         c.template = "short"
-        c.sampling.max_new_tokens = 96
+        c.sampling.max_new_tokens = 64
         c.sampling.max_prompt_len = 32
+        c.sampling.prompt_bucket = 16
         c.eval.num_prompts = 128
     else:
         c.template = "r1_zero"

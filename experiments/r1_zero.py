@@ -23,7 +23,7 @@ REAL_MODELS = ("qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-7b", "qwen2.5-math-1.5b"
 
 
 def get_config(arg=None):
-    arg = config_lib.parse_arg(arg, model="tiny", runlocal=False, task="arithmetic")
+    arg = config_lib.parse_arg(arg, positional="model", model="tiny", runlocal=False, task="arithmetic")
     c = grpo.grpo_config()
     c.model.preset = arg.model
     c.data.task = arg.task
@@ -31,12 +31,14 @@ def get_config(arg=None):
     c.rl.epsilon_high = 0.28  # clip-higher (DAPO)
     c.rewards.weights = {"accuracy": 1.0, "format": 0.5}
     if arg.model == "tiny":
+        c.data.difficulty = 0 if arg.task == "arithmetic" else 1  # as stage 0 (experiments/pretrain.py)
         c.template = "short"
         c.rl.group_size = 8
         c.rl.prompts_per_step = 16
         c.rl.num_steps = 60
-        c.sampling.max_new_tokens = 96
+        c.sampling.max_new_tokens = 64  # worked solutions are <= 63 tokens with EOS
         c.sampling.max_prompt_len = 32
+        c.sampling.prompt_bucket = 16
         c.optim.learning_rate = 1e-4
         c.optim.warmup_steps = 5
         c.optim.decay = "constant"
@@ -70,3 +72,11 @@ def get_config(arg=None):
         c.eval.num_samples = 2
         c.checkpoint.every = 1
     return c
+
+
+def sweep(add):
+    """`r1jax sweep --config experiments/r1_zero.py:tiny --workdir DIR --config.model.checkpoint=...`: group size G
+    against the loss aggregation (paper eq. 3 'grpo' versus token-level 'dapo'), six runs in DIR/<run-name>."""
+    for loss_type in ("dapo", "grpo"):
+        for group_size in (4, 8, 16):
+            add(**{"rl.loss_type": loss_type, "rl.group_size": group_size})

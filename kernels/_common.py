@@ -61,9 +61,9 @@ def resolve_implementation(implementation: str) -> str:
     return implementation
 
 
-def interpret_default() -> bool:
-    """Pallas kernels compile on GPU/TPU; anywhere else they run in interpret mode."""
-    return jax.default_backend() not in ("gpu", "tpu")
+def interpret_default(implementation: str) -> bool:
+    """'pallas_tpu' compiles on TPU and 'pallas_gpu' on GPU; anywhere else they run in interpret mode."""
+    return jax.default_backend() != implementation.removeprefix("pallas_")
 
 
 def cdiv(a: int, b: int) -> int:

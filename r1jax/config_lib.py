@@ -15,12 +15,18 @@ import sys
 import ml_collections
 
 
-def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
-    """`'model=tiny,runlocal'` → ConfigDict(model='tiny', runlocal=True), typed after `defaults`."""
+def parse_arg(arg: str | None, positional: str | None = None, **defaults) -> ml_collections.ConfigDict:
+    """`'model=tiny,runlocal'` → ConfigDict(model='tiny', runlocal=True), typed after `defaults`.
+
+    A bare word that is not a boolean arg sets the `positional` arg: with positional='model',
+    `'qwen2.5-1.5b,runlocal'` means model='qwen2.5-1.5b', runlocal=True.
+    """
     out = ml_collections.ConfigDict(defaults)
     for item in filter(None, (arg or "").split(",")):
         key, _, value = item.partition("=")
         key = key.strip()
+        if not _ and positional is not None and not isinstance(defaults.get(key), bool):
+            key, value, _ = positional, key, "="
         if key not in defaults:
             raise ValueError(f"config arg {key!r} (in {arg!r}): unknown; known args are {sorted(defaults)}")
         out[key] = True if not _ else _cast(value, defaults[key], f"arg {key}")

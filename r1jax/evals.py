@@ -17,11 +17,11 @@ import jax
 import numpy as np
 
 from r1jax import sampling
-from r1jax.rewards import accuracy_reward, format_reward
+from r1jax.rewards import accuracy_reward, format_reward, language_consistency_reward
 from r1jax.rewards.extract import extract_answer
 from r1jax.tokenizer import apply_template
 
-METRICS = ("pass@1", "cons@k", "greedy_accuracy", "format_rate", "mean_length")
+METRICS = ("pass@1", "cons@k", "greedy_accuracy", "format_rate", "language_consistency", "mean_length")
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -32,12 +32,11 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def majority_vote(answers: list[str | None]) -> str | None:
-    """The most frequent extracted answer (ties: the first seen); None when no sample has an answer."""
-    counts = collections.Counter(a for a in answers if a is not None)
-    if not counts:
-        return None
+    """The most frequent extracted answer, ties to the first seen. "No answer" (None) is a candidate too, so k
+    samples that mostly fail to answer do not win on the strength of a single lucky one."""
+    counts = collections.Counter(answers)
     best = max(counts.values())
-    return next(a for a in answers if a is not None and counts[a] == best)
+    return next(a for a in answers if counts[a] == best)
 
 
 class Evaluator:
@@ -45,18 +44,21 @@ class Evaluator:
 
     def __init__(
         self, graphdef, tokenizer, records, task, *, template, response_prefix="", max_new_tokens, num_samples=4,
-        temperature=0.6, top_p=0.95, greedy=True, max_prompt_len=512, mesh=None, seed=0,
-        extract=("answer_tag",), format_mode="strict",
+        temperature=0.6, top_p=0.95, greedy=True, max_prompt_len=512, prompt_bucket=32, mesh=None, seed=0,
+        extract=("answer_tag",), format_mode="strict", language="en",
     ):
         self.graphdef, self.tokenizer, self.records, self.task = graphdef, tokenizer, list(records), task
         self.k, self.greedy, self.mesh, self.seed = num_samples, greedy, mesh, seed
         self.extract, self.prefix, self.format_mode = tuple(extract), response_prefix, format_mode
+        self.language = language  # target of the language-consistency metric (share of the CoT in its script)
         self.prompt_ids = tokenizer.encode_batch([apply_template(r["question"], template) + response_prefix
                                                   for r in self.records])
         for r, ids in zip(self.records, self.prompt_ids):
             if len(ids) > max_prompt_len:
                 raise ValueError(f"eval prompt {r['id']!r} has {len(ids)} tokens > max_prompt_len={max_prompt_len}")
-        common = dict(max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+        common = dict(
+            max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, prompt_bucket=prompt_bucket
+        )
         self.sample_cfg = sampling.SamplingConfig(
             num_samples=num_samples, temperature=temperature, top_p=top_p, **common
         )
@@ -96,6 +98,9 @@ class Evaluator:
             "pass@1": float(correct_pk.mean()),
             "cons@k": float(np.mean(cons)),
             "format_rate": float(formatted.mean()),
+            "language_consistency": float(np.mean(language_consistency_reward(
+                completions, examples=recs, language=self.language, prefix=self.prefix
+            ))),
             "mean_length": float(lengths.mean()),
             "k": k,
             "num_prompts": n,
@@ -146,7 +151,8 @@ def evaluate_model_dir(config, model_dir: str) -> dict:
         graphdef, tokenizer, eval_records[: e.num_prompts], task, template=config.template,
         response_prefix=config.response_prefix, max_new_tokens=config.sampling.max_new_tokens,
         num_samples=e.num_samples, temperature=e.temperature, top_p=e.top_p, greedy=e.greedy,
-        max_prompt_len=config.sampling.max_prompt_len, mesh=mesh, seed=config.seed,
+        max_prompt_len=config.sampling.max_prompt_len, prompt_bucket=config.sampling.prompt_bucket, mesh=mesh,
+        seed=config.seed,
     )
     return jax.device_get(evaluator(params))
 

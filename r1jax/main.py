@@ -1,12 +1,18 @@
-"""The `r1jax` command: train | eval | demo | pipeline.
+"""The `r1jax` command: train | eval | demo | pipeline | sweep | results.
 
     r1jax train --config experiments/r1_zero.py:tiny --workdir /tmp/r1z [--config.rl.group_size=8 ...]
     r1jax eval  --config experiments/eval.py:tiny --workdir /tmp/ev --config.model.checkpoint=/tmp/r1z/model
     r1jax demo  --workdir /tmp/r1jax_demo            # stage 0 → R1-Zero → before/after evaluation
     r1jax pipeline --config experiments/pipeline.py:tiny --workdir /tmp/r1
+    r1jax sweep --config experiments/r1_zero.py:tiny --workdir /tmp/sw [--print-launch tpu --tpu-name N --zone Z]
+    r1jax results --workdir /tmp/sw                  # final metrics of each run of a sweep, one Markdown table
 
 An experiment file defines `get_config(arg)` and names what runs it in `ENTRY` ('module:function'); `--config.a.b=v`
 overrides any declared field (configs are locked, so a typo fails before anything compiles).
+
+Multi-host: on a TPU VM slice run the same command on every worker (`r1jax sweep --print-launch tpu` prints it);
+elsewhere give each process --coordinator HOST:PORT --num-processes N --process-id I (or R1JAX_COORDINATOR,
+R1JAX_NUM_PROCESSES, R1JAX_PROCESS_ID); see r1jax/distributed.py.
 """
 
 from __future__ import annotations
@@ -18,16 +24,30 @@ import logging
 import os
 import sys
 
-COMMANDS = ("train", "eval", "demo", "pipeline")
+COMMANDS = ("train", "eval", "demo", "pipeline", "sweep", "results")
 
 
 def _parser(command: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"r1jax {command}", description=__doc__.split("\n\n")[0])
+    if command == "results":
+        p.add_argument("--workdir", required=True, help="the sweep's directory")
+        p.add_argument("--keys", default="", help="comma-separated metric names (default: the headline ones)")
+        return p
     needs_config = command in ("train", "eval", "pipeline")
     p.add_argument("--config", required=needs_config, help="experiment file and arg, e.g. experiments/r1_zero.py:tiny")
     p.add_argument("--workdir", required=command != "demo", default=None, help="where checkpoints and logs go")
     if command == "demo":
         p.add_argument("--seed", type=int, default=0)
+    if command == "sweep":
+        p.add_argument("--print-launch", choices=("local", "tpu"), default=None,
+                       help="print the command that starts each run instead of running them here")
+        p.add_argument("--tpu-name", default="", help="TPU VM slice name (with --print-launch tpu)")
+        p.add_argument("--zone", default="", help="its zone (with --print-launch tpu)")
+        p.add_argument("--remote-dir", default="", help="directory to cd into on each worker before starting")
+    else:  # multi-process launch (see r1jax/distributed.py); flags win over the R1JAX_* environment
+        p.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
+        p.add_argument("--num-processes", type=int, default=None)
+        p.add_argument("--process-id", type=int, default=None)
     return p
 
 
@@ -59,6 +79,12 @@ def run(argv=None) -> int:
 
     rest, overrides = config_lib.split_cli_overrides(rest)
     args = _parser(command).parse_args(rest)
+    if command in ("sweep", "results"):
+        return run_sweep_command(command, args, overrides)
+    from r1jax import distributed
+
+    # Before anything touches a device: jax.distributed must come first in every process of a multi-host run.
+    distributed.initialize(distributed.resolve_spec(args.coordinator, args.num_processes, args.process_id))
     if command == "demo":
         from r1jax import demo
 
@@ -67,6 +93,35 @@ def run(argv=None) -> int:
     result = run_experiment(args.config, args.workdir, overrides)
     print(json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float, str))}, indent=1, default=str))
     return 0
+
+
+def run_sweep_command(command: str, args, overrides) -> int:
+    """`sweep` (expand, then run here one after another or print launch commands) and `results`."""
+    from r1jax import sweep
+
+    if command == "results":
+        table = sweep.results_table(args.workdir, [k for k in args.keys.split(",") if k])
+        with open(os.path.join(args.workdir, sweep.RESULTS), "w") as f:
+            f.write(table)
+        print(table, end="")
+        return 0
+    runs = sweep.expand(args.config, overrides)
+    if args.print_launch:
+        for line in sweep.launch_commands(
+            args.config, args.workdir, runs, target=args.print_launch, common_overrides=overrides,
+            tpu_name=args.tpu_name, zone=args.zone, remote_dir=args.remote_dir,
+        ):
+            print(line)
+        return 0
+    status = sweep.run_local(args.config, args.workdir, runs, overrides)
+    table = sweep.results_table(args.workdir)
+    with open(os.path.join(args.workdir, sweep.RESULTS), "w") as f:
+        f.write(table)
+    print(table, end="")
+    failed = [name for name, s in status.items() if s["returncode"]]
+    if failed:
+        print(f"r1jax sweep: {len(failed)} of {len(runs)} runs failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

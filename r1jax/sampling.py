@@ -38,6 +38,7 @@ from flax import nnx, struct
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as PS
 
+from r1jax import distributed
 from r1jax.kernels.grouped_logprob.api import grouped_logprob
 from r1jax.models.transformer import KVCache
 
@@ -355,20 +356,29 @@ def sample(
     """
     graphdef, params = _split(model_or_graphdef, params)
     tokens_pt, mask_pt = pad_prompts(prompts, config)
+    multiprocess = mesh is not None and jax.process_count() > 1
     if mesh is not None:
-        shards = int(np.prod([mesh.shape[a] for a in _batch_spec(mesh)[0]]))
+        # Across processes `prompts` are this process's own (r1jax.distributed): it holds their shards only.
+        shards = distributed.local_data_shards(mesh)
         if len(prompts) % shards:
             raise ValueError(
                 f"len(prompts)={len(prompts)} is not a multiple of the {shards} shards of mesh axes {_batch_spec(mesh)}"
             )
+        if multiprocess:  # every process contributes the same prompt width to the global array
+            extra = distributed.process_max(tokens_pt.shape[1]) - tokens_pt.shape[1]
+            tokens_pt = np.pad(tokens_pt, ((0, 0), (extra, 0)), constant_values=config.pad_id)
+            mask_pt = np.pad(mask_pt, ((0, 0), (extra, 0)))
         sharding = NamedSharding(mesh, _batch_spec(mesh))
-        tokens_pt, mask_pt = jax.device_put((tokens_pt, mask_pt), sharding)
-        rng = jax.device_put(rng, NamedSharding(mesh, PS()))
+        tokens_pt, mask_pt = distributed.host_to_global((tokens_pt, mask_pt), (sharding, sharding))
+        rng = distributed.host_to_global(rng, NamedSharding(mesh, PS()))
     # Host-only fields are reset so that they do not key the compilation cache.
     traced_config = config.replace(prompt_bucket=1, completion_bucket=0, bucket_mode="pow2")
     rollout = _rollout_jit(graphdef, params, tokens_pt, mask_pt, rng, config=traced_config, mesh=mesh)
     if config.completion_bucket:
         rollout = trim_completions(rollout, config)
+    if multiprocess:  # this process's prompts and their G completions each, as numpy (rows p * G + g, p local)
+        rollout = distributed.global_to_host(rollout)
+        rollout = rollout.replace(group_b=np.arange(rollout.lengths_b.shape[0], dtype=np.int32) // config.num_samples)
     return rollout
 
 
@@ -390,30 +400,43 @@ def trim_completions(rollout: Rollout, config: SamplingConfig) -> Rollout:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def sequence_logps(
+    model, tokens_bs, mask_bs, completion_bt, *, temperature: float = 1.0, implementation: str = "auto",
+    return_entropy: bool = False,
+):
+    """log pi of the last Tc tokens of each [left-padded prompt ; completion] row (B, S): one no-cache forward.
+
+    The one code path for policy log-probs: the sampler's `completion_logps` and every trainer's loss call it, so
+    sampler and trainer agree on log-probs by construction. Uses r1jax.kernels' fused grouped log-prob, which
+    never materialises the (B·Tc, V) logits ('xla' does, as the oracle). Returns logps_bt (and entropy_bt).
+    """
+    tc = completion_bt.shape[1]
+    hidden_bsd, _ = model(_model_ids(tokens_bs, mask_bs), mask_bt=mask_bs)
+    h_btd = hidden_bsd[:, -tc - 1 : -1]  # the position before each completion token predicts it
+    return grouped_logprob(
+        h_btd.astype(model.cfg.dtype),
+        model.lm_head_weight().astype(model.cfg.dtype),
+        completion_bt,
+        temperature=temperature,
+        return_entropy=return_entropy,
+        implementation=implementation,
+    )
+
+
 def completion_logps(
     model_or_graphdef, params, rollout: Rollout, *, temperature: float = 1.0, implementation: str = "xla"
 ) -> jax.Array:
     """log pi(completion token | prompt, earlier tokens) (B, T) f32, 0 where the completion mask is 0.
 
-    One no-cache forward over [left-padded prompt ; completion] with the sampler's mask and position convention, so
-    at temperature T (no truncation) it reproduces the sampler's log-probs. Pure and differentiable in params: the
-    GRPO loss calls it for pi_theta, pi_old and pi_ref. `params=None` with a model uses the model's own.
-    `implementation` selects r1jax.kernels' grouped log-prob ('xla' materialises the (B*T, V) logits; 'auto' /
-    'chunked' / 'pallas' do not).
+    `sequence_logps` over [left-padded prompt ; completion] with the sampler's mask and position convention, so at
+    temperature T (no truncation) it reproduces the sampler's log-probs. Pure and differentiable in params.
+    `params=None` with a model uses the model's own.
     """
     model = model_or_graphdef if params is None else nnx.merge(*_split(model_or_graphdef, params))
-    tp = rollout.prompt_tokens_pt.shape[1]
-    tokens_bt = jnp.concatenate(
-        [rollout.prompt_tokens_pt[rollout.group_b], rollout.completion_tokens_bt[:, :-1]], axis=1
-    )
-    mask_bt = jnp.concatenate([rollout.prompt_mask_pt[rollout.group_b], rollout.completion_mask_bt[:, :-1]], axis=1)
-    hidden_btd, _ = model(_model_ids(tokens_bt, mask_bt), mask_bt=mask_bt)
-    hidden_btd = hidden_btd[:, tp - 1 :]  # the position before each completion token predicts it
-    logps_bt = grouped_logprob(
-        hidden_btd.astype(model.cfg.dtype),
-        model.lm_head_weight().astype(model.cfg.dtype),
-        rollout.completion_tokens_bt,
-        temperature=temperature,
+    tokens_bs = jnp.concatenate([rollout.prompt_tokens_pt[rollout.group_b], rollout.completion_tokens_bt], axis=1)
+    mask_bs = jnp.concatenate([rollout.prompt_mask_pt[rollout.group_b], rollout.completion_mask_bt], axis=1)
+    logps_bt = sequence_logps(
+        model, tokens_bs, mask_bs, rollout.completion_tokens_bt, temperature=temperature,
         implementation=implementation,
     )
     return jnp.where(rollout.completion_mask_bt, logps_bt, 0.0)

@@ -98,3 +98,103 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def data_parallel_size(mesh: Mesh) -> int:
     return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Memory per device (docs/scaling.md's numbers come from here)
+
+
+def memory_estimate(
+    model_cfg,
+    mesh_shape,
+    batch: int,
+    seq: int,
+    *,
+    rollout_batch: int | None = None,
+    reference_model: bool = False,
+    remat: bool | None = None,
+    logprob_block: int = 1024,
+    rules=RULES,
+) -> dict:
+    """Estimated bytes per device of one GRPO update and of its rollouts, from shapes alone (nothing is allocated).
+
+    model_cfg: an r1jax.models.ModelConfig (param_dtype, dtype and remat are read from it; `remat` overrides).
+    mesh_shape: sizes of ('data', 'fsdp', 'tensor'). batch: sequences in one update (split over data × fsdp).
+    seq: tokens per sequence (prompt + completion). rollout_batch: P·G rows sampled at once (default `batch`).
+    reference_model: β > 0 keeps a frozen copy of the initial weights.
+
+    Resident all the time (each weight divided by the mesh sizes the RULES give its axes):
+      params (param_dtype), optimizer (AdamW: 2 moments in param_dtype), reference params.
+    Update only: grads (param_dtype); activations (compute dtype):
+      per layer, with b rows per device, t = tensor size, dt = compute bytes:
+        b·S·(4·D + 2·(H + 2·K)·Dh/t + 4·F/t)·dt          block input, norms, q/k/v, MLP gate/up/product
+        + b·(H/t)·S²·(4 + dt)                              f32 attention logits and probabilities (no flash)
+      remat: the block inputs of all L layers (L·b·S·D·dt) plus one layer's set, live during its recompute;
+      no remat: L layers' sets; plus the FSDP all-gather of one block's weights (twice, for prefetch) and the
+      log-prob head's hidden states and one (block, V/t) f32 tile pair of the fused kernel.
+    Rollouts: the KV cache 2·L·rows·K/t·Dh·S·dt and one (rows, V/t) f32 logits row.
+    Not counted: XLA temporaries and fragmentation (keep ~20% headroom), host-side buffers.
+    """
+    import types
+
+    from flax import nnx
+
+    from r1jax.models import Transformer
+
+    cfg = model_cfg if remat is None else model_cfg.replace(remat=remat)
+    shape = dict(zip(MESH_AXES, (int(s) for s in mesh_shape)))
+    if len(shape) != 3 or min(shape.values()) < 1:
+        raise ValueError(f"mesh_shape={tuple(mesh_shape)}: needs 3 positive sizes for {MESH_AXES}")
+    dp, t = shape["data"] * shape["fsdp"], shape["tensor"]
+    rollout_batch = batch if rollout_batch is None else rollout_batch
+    for name, value in (("batch", batch), ("rollout_batch", rollout_batch)):
+        if value % dp:
+            raise ValueError(f"{name}={value}: not divisible by data × fsdp = {dp}")
+    mesh = types.SimpleNamespace(shape=shape)  # logical_to_spec only reads sizes
+    pbytes, dt = _dtype_bytes(cfg.param_dtype), _dtype_bytes(cfg.dtype)
+
+    abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+    param_elems = block_elems = 0
+    for path, var in nnx.to_flat_state(nnx.state(abstract, nnx.Param)):
+        value = var.get_value()
+        spec = logical_to_spec(var.get_metadata().get("logical_axes"), rules, value.shape, mesh)
+        shards = math.prod(shape[a] for a in spec if a is not None)
+        param_elems += math.prod(value.shape) / shards
+        if "blocks" in path and path[path.index("blocks") + 1] == 0:  # one block, gathered over fsdp (÷ tensor only)
+            block_elems += math.prod(value.shape) / math.prod(shape[a] for a in spec if a == "tensor")
+
+    d, f, h, k, dh, L, v = (
+        cfg.embed_dim, cfg.mlp_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.num_layers, cfg.vocab_size
+    )
+    split = lambda n: n / t if n % t == 0 else n  # axes that do not divide the tensor size are replicated
+    b, rb = batch // dp, rollout_batch // dp
+    layer = b * seq * (4 * d + 2 * (split(h) + 2 * split(k)) * dh + 4 * split(f)) * dt
+    layer += b * split(h) * seq * seq * (4 + dt)
+    activations = (L * b * seq * d * dt + layer) if cfg.remat else L * layer
+    activations += 2 * block_elems * dt if shape["fsdp"] > 1 else 0
+    logprob = b * seq * d * dt + 2 * min(logprob_block, b * seq) * split(v) * 4
+
+    out = {
+        "params": param_elems * pbytes,
+        "optimizer": 2 * param_elems * pbytes,
+        "reference_params": param_elems * pbytes if reference_model else 0.0,
+        "grads": param_elems * pbytes,
+        "activations": float(activations),
+        "logprob_head": float(logprob),
+        "kv_cache": float(2 * L * rb * split(k) * dh * seq * dt),
+        "rollout_logits": float(rb * split(v) * 4),
+        "rows_per_device": b,
+        "rollout_rows_per_device": rb,
+    }
+    resident = out["params"] + out["optimizer"] + out["reference_params"]
+    out["update_total"] = resident + out["grads"] + out["activations"] + out["logprob_head"]
+    out["rollout_total"] = resident + out["kv_cache"] + out["rollout_logits"]
+    out["peak"] = max(out["update_total"], out["rollout_total"])
+    return out
+
+
+def _dtype_bytes(name: str) -> int:
+    """Bytes of a dtype given by name ('float32', 'bfloat16', ...)."""
+    import jax.numpy as jnp
+
+    return jnp.dtype(name).itemsize

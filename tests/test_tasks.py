@@ -160,3 +160,14 @@ def test_reasoning_gym_adapter():
         assert not task.verify(ans, e)
     with pytest.raises(ValueError, match="unknown reasoning-gym dataset"):
         get_task("gym:no_such_dataset")
+
+
+def test_arithmetic_demo_difficulty_zero():
+    task = get_task("arithmetic")
+    examples = task.generate(200, seed=4, difficulty=0)
+    for e in examples:
+        assert e.meta["op"] == "+" and 10 <= e.meta["a"] <= 99 and 10 <= e.meta["b"] <= 99
+        assert task.verify(e.answer, e) and not task.verify(str(int(e.answer) + 1), e)
+        assert e.solution.endswith(f"={e.answer}.")
+    with pytest.raises(ValueError, match="difficulty=-1"):
+        task.generate(3, seed=0, difficulty=-1)

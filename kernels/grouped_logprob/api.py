@@ -84,11 +84,9 @@ def grouped_logprob_nd(
     if implementation == "xla":
         if options:
             raise ValueError(f"options={options}: the 'xla' implementation takes no block sizes")
-        return reference.grouped_logprob(
-            h_nd, w_dv, targets_n, temperature=temperature, return_entropy=return_entropy
-        )
+        return reference.grouped_logprob(h_nd, w_dv, targets_n, temperature=temperature, return_entropy=return_entropy)
     if implementation.startswith("pallas") and "interpret" not in options:
-        options["interpret"] = _common.interpret_default()
+        options["interpret"] = _common.interpret_default(implementation)
     spec = _Spec(implementation, temperature, return_entropy, tuple(sorted(options.items())))
     logp_n, entropy_n = _blockwise(h_nd, w_dv, targets_n, spec)
     return logp_n, (entropy_n if return_entropy else None)

@@ -72,7 +72,7 @@ def kl_nd(h_p_nd, w_p_dv, h_q_ne, w_q_ev, *, temperature: float, implementation:
             raise ValueError(f"options={options}: the 'xla' implementation takes no block sizes")
         return reference.kl(h_p_nd, w_p_dv, h_q_ne, w_q_ev, temperature=temperature)
     if implementation.startswith("pallas") and "interpret" not in options:
-        options["interpret"] = _common.interpret_default()
+        options["interpret"] = _common.interpret_default(implementation)
     h_q_ne, w_q_ev = jax.lax.stop_gradient((h_q_ne, w_q_ev))
     spec = _Spec(implementation, temperature, tuple(sorted(options.items())))
     return _blockwise(h_p_nd, w_p_dv, h_q_ne, w_q_ev, spec)

@@ -25,9 +25,7 @@ def _tiles(h_p, h_q, w_p_blk, w_q_blk, i, n0, bn, inv_t):
     return h_p_blk, zp, zq
 
 
-def forward(
-    h_p_nd, w_p_dv, h_q_ne, w_q_ev, *, temperature: float, block_n: int = BLOCK_N, block_v: int = BLOCK_V
-):
+def forward(h_p_nd, w_p_dv, h_q_ne, w_q_ev, *, temperature: float, block_n: int = BLOCK_N, block_v: int = BLOCK_V):
     """Returns (kl_n, lse_p_n, lse_q_n), f32."""
     n = h_p_nd.shape[0]
     v = w_p_dv.shape[1]

@@ -7,7 +7,14 @@ part of the time and is right part of the time, the situation R1-Zero starts fro
 DeepSeek-V3-Base, not a claim about it).
 
 The cold-start set (paper 2.3.1) is the opposite: clean, readable solutions in the paper's output format
-`|special_token|<reasoning_process>|special_token|<summary>`, rendered here with the think/answer tags.
+`|special_token|<reasoning_process>|special_token|<summary>`. The mapping used here:
+
+    |special_token| … |special_token|   →  <think> … </think>    (the pair around the reasoning process)
+    <summary>                           →  <answer> ANSWER </answer>
+
+The summary is the answer block itself, so the strict format reward (nothing after </answer>) and the answer
+extraction stay the same in every stage; the readable recap ("So 347+85=432.") is the last sentence of the
+reasoning, which the built-in tasks' worked solutions already end with.
 """
 
 from __future__ import annotations
@@ -43,14 +50,18 @@ def pretraining_records(
 
 
 def cold_start_records(task, n: int, *, seed: int, difficulty: int, template: str) -> list[dict]:
-    """Clean, readable long-CoT records for stage 2: a reasoning process, then a summary with the answer."""
+    """Clean, readable long-CoT records for stage 2: `<think> reasoning </think> <answer> summary </answer>`,
+    every solution correct and in the format (see the module docstring for the mapping to the paper's)."""
     out = []
     for ex in task.generate(n, seed=seed, difficulty=difficulty):
-        reasoning = task.worked_solution(ex)
-        summary = f"The answer is {ex.answer}."
-        response = f" <think> {reasoning} </think> <answer> {ex.answer} </answer> {summary}"
+        response = cold_start_response(task.worked_solution(ex), ex.answer)
         out.append({"id": ex.id, "prompt": apply_template(ex.question, template), "response": response})
     return out
+
+
+def cold_start_response(reasoning: str, summary: str) -> str:
+    """`|special_token|<reasoning_process>|special_token|<summary>` with <think></think> as the token pair."""
+    return f" <think> {reasoning} </think> <answer> {summary} </answer>"
 
 
 def tokenizer_texts(records: list[dict]) -> list[str]:

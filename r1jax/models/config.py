@@ -71,6 +71,11 @@ PRESETS: dict[str, ModelConfig] = {
         vocab_size=512, embed_dim=128, mlp_dim=384, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
         tie_embeddings=True, max_seq_len=512, **_QWEN,
     ),
+    # The distillation student of the built-in default (stage 6): half the depth, 3/4 of the width of "tiny".
+    "tiny-student": ModelConfig(
+        vocab_size=512, embed_dim=96, mlp_dim=288, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=24,
+        tie_embeddings=True, max_seq_len=512, **_QWEN,
+    ),
     "qwen2.5-0.5b": ModelConfig(
         vocab_size=151936, embed_dim=896, mlp_dim=4864, num_layers=24, num_heads=14, num_kv_heads=2, head_dim=64,
         rope_theta=1e6, tie_embeddings=True, max_seq_len=32768, **_QWEN,

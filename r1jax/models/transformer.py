@@ -223,7 +223,7 @@ class Transformer(nnx.Module):
             slots_t = cache.index + jnp.arange(t)
             mask_bts = valid_bs[:, None, :] & (jnp.arange(cache.size)[None, None, :] <= slots_t[None, :, None])
         inv_freq = rope_inv_freq(cfg)
-        x = jnp.take(self.embed[...], tokens_bt, axis=0).astype(cfg.dtype)
+        x = jnp.take(self.embed[...], tokens_bt, axis=0, mode="clip").astype(cfg.dtype)  # pad ids may be out of range
         new_k, new_v = [], []
         for i, block in enumerate(self.blocks):
             kv = None if cache is None else (cache.k[i], cache.v[i])

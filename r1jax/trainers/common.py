@@ -65,11 +65,16 @@ def validate_optimizer(c) -> None:
 
 def make_optimizer(c, total_steps: int) -> optax.GradientTransformation:
     if c.decay == "cosine":
-        lr = optax.warmup_cosine_decay_schedule(
-            0.0, c.learning_rate, max(c.warmup_steps, 1) if c.warmup_steps else 1,
-            max(total_steps, c.warmup_steps + 1), end_value=c.learning_rate * c.final_lr_fraction,
-        ) if c.warmup_steps else optax.cosine_decay_schedule(
-            c.learning_rate, max(total_steps, 1), alpha=c.final_lr_fraction
+        lr = (
+            optax.warmup_cosine_decay_schedule(
+                0.0,
+                c.learning_rate,
+                max(c.warmup_steps, 1) if c.warmup_steps else 1,
+                max(total_steps, c.warmup_steps + 1),
+                end_value=c.learning_rate * c.final_lr_fraction,
+            )
+            if c.warmup_steps
+            else optax.cosine_decay_schedule(c.learning_rate, max(total_steps, 1), alpha=c.final_lr_fraction)
         )
     else:
         lr = optax.linear_schedule(0.0, c.learning_rate, c.warmup_steps) if c.warmup_steps else c.learning_rate
@@ -85,7 +90,7 @@ def apply_gradients(state: TrainState, grads, loss, optimizer, grad_scale=None) 
     finite. `grad_scale` (1.0, or NaN to inject a fault in tests) multiplies the gradients."""
     if grad_scale is not None:
         grads = jax.tree.map(lambda g: g * grad_scale.astype(g.dtype), grads)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
@@ -111,6 +116,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     c.dtype = "float32"  # compute dtype (bfloat16 on accelerators)
     c.param_dtype = "float32"
     c.remat = False  # recompute blocks in the backward pass (long completions)
+    c.allowed_root = ""  # if set, `checkpoint` must resolve (after `..` and symlinks) inside this directory
     c.update(overrides)
     return c
 
@@ -127,13 +133,15 @@ def build_model(c, seed: int, tokenizer_path: str = ""):
     from r1jax.tokenizer import load_tokenizer
 
     overrides = dict(dtype=c.dtype, param_dtype=c.param_dtype, remat=c.remat)
+    if c.checkpoint and c.allowed_root:
+        ckpt_lib.safe_path(c.checkpoint, c.allowed_root)  # refused before anything else looks at the path
     if c.checkpoint:
         if not os.path.isdir(c.checkpoint):
             raise FileNotFoundError(
                 f"model.checkpoint={c.checkpoint!r}: no such directory. Pass a local checkpoint directory "
                 "(config.json + *.safetensors, e.g. a downloaded Qwen2.5-1.5B) with --config.model.checkpoint=PATH"
             )
-        model, tokenizer = ckpt_lib.load_model(c.checkpoint, **overrides)
+        model, tokenizer = ckpt_lib.load_model(c.checkpoint, allowed_root=c.allowed_root, **overrides)
         if tokenizer_path:
             tokenizer = load_tokenizer(tokenizer_path)
         return model, tokenizer
@@ -201,18 +209,64 @@ def fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def model_identity(cfg) -> dict:
+    """The model fields a checkpoint's state depends on (shapes, parameter dtype), as JSON values; compute dtype
+    and remat may change between a run and its resume."""
+    return {k: json.loads(json.dumps(v, default=str)) for k, v in cfg.__dict__.items() if k not in ("dtype", "remat")}
+
+
 def restore_or_start(checkpointer, state, shardings, identity: dict, restart_from_weights: bool):
-    """(state, data_state or None, start_step). Resumes from the newest usable checkpoint of this workdir."""
+    """(state, data_state or None, start_step). Resumes from the newest usable checkpoint of this workdir.
+
+    Settings that differ from the checkpoint's `identity` are refused, unless `restart_from_weights`: then a new
+    run starts at step 0 from the checkpoint's params (fresh optimizer state and data order). A checkpoint
+    written by that new run has the new identity, so restarting the same command after a kill resumes it.
+    """
     target = abstract_state(state_to_dict(state), state_to_dict(shardings))
     try:
-        found = checkpointer.restore_latest(target, None if restart_from_weights else identity)
-    except ckpt_lib.IncompatibleCheckpointError:
-        raise
+        found = checkpointer.restore_latest(target, identity)
+    except ckpt_lib.IncompatibleCheckpointError as e:
+        if not restart_from_weights:
+            raise
+        step, saved, _ = checkpointer.restore_latest(target, None)
+        log.warning(
+            "restart_from_weights: %s. Starting a new run at step 0 from the weights of checkpoint step %d; "
+            "the old run's steps move to %s/superseded at the first save",
+            e,
+            step,
+            checkpointer.directory,
+        )
+        checkpointer.supersede_at_next_save(checkpointer.all_steps())
+        return state.replace(params=saved["params"]), None, 0
     if found is None:
         return state, None, 0
     step, saved, data_state = found
-    if restart_from_weights:
-        log.warning("restart_from_weights: starting a new run from the weights of checkpoint step %d", step)
-        return state.replace(params=saved["params"]), None, 0
     log.info("resumed from checkpoint step %d", step)
     return TrainState(**saved), data_state, step
+
+
+def drop_records_after(path: str, step: int) -> int:
+    """Keep the JSONL records of `path` with "step" <= `step` (the restored checkpoint's); returns how many went.
+
+    A killed run has appended records (ledger, metrics) for steps after its last checkpoint, and the resumed run
+    writes those steps again. The dropped lines (and a torn last line) go to `path + '.dropped'`, not lost.
+    """
+    if not os.path.exists(path):
+        return 0
+    keep, drop = [], []
+    with open(path) as f:
+        for line in f:
+            try:
+                ok = int(json.loads(line)["step"]) <= step
+            except (ValueError, KeyError, TypeError):
+                ok = not line.strip()  # blank lines are harmless; a torn or foreign one is not kept
+            (keep if ok else drop).append(line if line.endswith("\n") else line + "\n")
+    if drop:
+        with open(path + ".dropped", "a") as f:
+            f.writelines(drop)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(keep)
+        os.replace(tmp, path)
+        log.info("%s: dropped %d records after step %d (a run killed after its last checkpoint)", path, len(drop), step)
+    return len(drop)

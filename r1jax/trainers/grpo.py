@@ -26,11 +26,13 @@ import ml_collections
 import numpy as np
 
 from r1jax import checkpoint as ckpt_lib
-from r1jax import grpo, kernels, sampling, sharding
+from r1jax import distributed, grpo, sampling, sharding
 from r1jax import metrics as metrics_lib
+from r1jax.data import preferences
 from r1jax.data import tasks as tasks_lib
 from r1jax.data.pipeline import make_prompt_iterator
 from r1jax.data.sources import PromptFields, load_prompts
+from r1jax.models import config_from_hf, get_preset
 from r1jax.rewards import RewardSpec, make_reward_fn
 from r1jax.tokenizer import apply_template
 from r1jax.trainers import common
@@ -58,6 +60,7 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
     c.mask_truncated = False  # drop completions without EOS from the loss
     c.dynamic_sampling = False  # DAPO: drop zero-spread groups, refill from further prompts
     c.max_resample_rounds = 2  # cap on extra sampling rounds per step with dynamic_sampling
+    c.max_time_s = 0.0  # > 0: stop (save, evaluate, export) once the loop has run this long (wall-time budgets)
     c.update(overrides)
     return c
 
@@ -69,6 +72,7 @@ def sampling_config(**overrides) -> ml_collections.ConfigDict:
     c.top_k = 0
     c.max_new_tokens = 256
     c.max_prompt_len = 256  # longer prompts are refused when the data is read
+    c.prompt_bucket = 32  # prompts are left-padded to bucket·2^k tokens: few shapes, few compilations
     c.update(overrides)
     return c
 
@@ -79,6 +83,8 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
     c.difficulty = 1
     c.num_train = 20_000  # built-in task: generated training prompts
     c.num_eval = 128  # built-in task: held-out prompts
+    c.num_general = 0  # built-in general prompts (r1jax.data.preferences) mixed into training (paper 2.3.4)
+    c.general_seed = 17
     c.train_seed = 1
     c.eval_seed = 2  # a different seed: a disjoint held-out split
     c.train_files = ()  # JSONL / Parquet / ArrayRecord; replaces the built-in task's training prompts
@@ -124,6 +130,11 @@ def rewards_config(**overrides) -> ml_collections.ConfigDict:
     c.overlong_buffer = 64  # DAPO soft overlong punishment over the last N tokens (when 'overlong' is weighted)
     c.timeout_s = 10.0  # per completion and reward; a timeout or error makes the completion unscorable
     c.num_processes = 2  # worker processes for rewards that may hang (math-verify)
+    # General prompts (task 'general') get these instead of `weights` (paper 2.3.4): 'helpfulness' (the reward
+    # model on the summary, the text after </think>) and 'harmlessness' (the reward model on the whole response).
+    c.general_weights = ml_collections.ConfigDict({})
+    c.reward_model = ""  # a reward_model export (trainers/reward_model.py), needed by general_weights
+    c.reward_model_timeout_s = 300.0  # per batch (the first call compiles)
     c.update(overrides)
     return c
 
@@ -147,7 +158,8 @@ def grpo_config() -> ml_collections.ConfigDict:
     c.eval = eval_config()
     c.log_every = 1
     c.export = True  # write WORKDIR/model (HF safetensors + tokenizer) at the end, for the next stage
-    c.debug = ml_collections.ConfigDict({"inject_nan_steps": (), "step_sleep_s": 0.0})
+    # stop_after_steps: save and return after this many steps of this process, as on SIGTERM (0 = off; resume tests)
+    c.debug = ml_collections.ConfigDict({"inject_nan_steps": (), "step_sleep_s": 0.0, "stop_after_steps": 0})
     return c
 
 
@@ -200,6 +212,13 @@ def validate(c, num_devices: int | None = None) -> None:
     for f in tuple(c.data.train_files) + tuple(c.data.eval_files):
         if not os.path.exists(f):
             raise ValueError(f"data.train_files/eval_files: no such file {f!r}")
+    for name in c.rewards.general_weights:
+        if name not in GENERAL_REWARDS:
+            raise ValueError(f"rewards.general_weights.{name}: expected names in {GENERAL_REWARDS}")
+    if c.rewards.general_weights and not c.rewards.reward_model:
+        raise ValueError("rewards.reward_model='': rewards.general_weights needs a reward model export directory")
+    if c.data.num_general and not c.rewards.general_weights:
+        raise ValueError(f"data.num_general={c.data.num_general}: general prompts need rewards.general_weights")
     if not c.model.checkpoint and not c.tokenizer.path:
         raise ValueError(
             "model.checkpoint='': GRPO starts from a base model; pass --config.model.checkpoint=PATH (a stage-0 "
@@ -210,6 +229,19 @@ def validate(c, num_devices: int | None = None) -> None:
             f"model.checkpoint={c.model.checkpoint!r}: no such directory; pass a local checkpoint with "
             "--config.model.checkpoint=PATH"
         )
+
+
+def model_max_seq_len(mc) -> int | None:
+    """The model's context length from its config alone (the checkpoint's config.json, or the preset), so that
+    `check_context` fails before any weights are read or anything compiles; None when there is no config.json
+    (loading then fails with its own message)."""
+    if not mc.checkpoint:
+        return get_preset(mc.preset).max_seq_len
+    path = os.path.join(mc.checkpoint, "config.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return config_from_hf(json.load(f)).max_seq_len
 
 
 def check_context(c, max_seq_len: int) -> None:
@@ -233,6 +265,8 @@ def load_splits(c):
         train = load_prompts(list(c.data.train_files), fields, on_error=c.data.on_error)
     else:
         train = [e.to_dict() for e in task.generate(c.data.num_train, seed=c.data.train_seed, difficulty=c.data.difficulty)]
+    if c.data.num_general:
+        train = list(train) + preferences.general_records(c.data.num_general, seed=c.data.general_seed)
     if c.data.eval_files:
         evals = list(load_prompts(list(c.data.eval_files), fields, on_error=c.data.on_error))
     else:
@@ -240,8 +274,12 @@ def load_splits(c):
     return train, evals, task
 
 
+GENERAL_REWARDS = ("helpfulness", "harmlessness")
+
+
 def make_rewards(rc, response_prefix: str, max_new_tokens: int):
-    """The composed, timeout-guarded reward function from the `rewards` config section."""
+    """The composed, timeout-guarded reward function from the `rewards` config section (routed by prompt kind
+    when `general_weights` is set)."""
     kwargs = {
         "accuracy": {"extract": tuple(rc.answer_extract), "prefix": response_prefix},
         "format": {"mode": rc.format_mode, "prefix": response_prefix},
@@ -252,7 +290,54 @@ def make_rewards(rc, response_prefix: str, max_new_tokens: int):
         RewardSpec(name, weight=float(w), timeout_s=rc.timeout_s, kwargs=kwargs.get(name, {}))
         for name, w in rc.weights.items()
     ]
-    return make_reward_fn(specs, num_processes=rc.num_processes)
+    reasoning = make_reward_fn(specs, num_processes=rc.num_processes)
+    if not rc.general_weights:
+        return reasoning
+    from r1jax.trainers.reward_model import RewardModelScorer
+
+    scorer = RewardModelScorer(rc.reward_model)
+    general = make_reward_fn([
+        RewardSpec("reward_model", weight=float(w), timeout_s=rc.reward_model_timeout_s, key=name,
+                   kwargs={"scorer": scorer, "summary_only": name == "helpfulness"})
+        for name, w in rc.general_weights.items()
+    ])
+    return RoutedRewards(reasoning, general)
+
+
+class RoutedRewards:
+    """Rule rewards for reasoning prompts, reward-model rewards for general ones (record task == 'general').
+
+    Same call as a RewardFunction. Each prompt's G samples share its route, so group advantages compare like with
+    like. Stats are those of each route, prefixed: reward/reasoning/..., reward/general/...
+    """
+
+    def __init__(self, reasoning, general):
+        self.reasoning, self.general = reasoning, general
+
+    def close(self) -> None:
+        self.reasoning.close()
+        self.general.close()
+
+    def __call__(self, prompts, completions, examples, *, lengths=None):
+        from r1jax.rewards.compose import RewardBatch
+
+        n = len(completions)
+        is_general = np.array([e.get("task") == preferences.GENERAL_TASK for e in examples], bool)
+        rewards, valid, per, stats = np.zeros((n,), np.float32), np.ones((n,), bool), {}, {}
+        for route, fn, sel in (("reasoning", self.reasoning, ~is_general), ("general", self.general, is_general)):
+            idx = np.flatnonzero(sel)
+            stats[f"reward/{route}/fraction"] = len(idx) / max(n, 1)
+            if not len(idx):
+                continue
+            out = fn([prompts[i] for i in idx], [completions[i] for i in idx], [examples[i] for i in idx],
+                     lengths=None if lengths is None else [lengths[i] for i in idx])
+            rewards[idx], valid[idx] = out.rewards, out.valid
+            for k, v in out.per_reward.items():
+                per.setdefault(k, np.full((n,), np.nan, np.float32))[idx] = v
+            stats.update({k.replace("reward/", f"reward/{route}/", 1).replace("perf/", f"perf/{route}_", 1): v
+                          for k, v in out.stats.items()})
+        stats["reward/valid_frac"] = float(valid.mean()) if n else 1.0
+        return RewardBatch(rewards, per, stats, valid)
 
 
 def encode_prompts(tokenizer, records, template: str, response_prefix: str, max_len: int) -> list[list[int]]:
@@ -271,15 +356,10 @@ def encode_prompts(tokenizer, records, template: str, response_prefix: str, max_
 
 
 def completion_logps(graphdef, params, batch, *, temperature, implementation, entropy=False):
-    """log π(token) of each completion token (B, Tc) from one forward over [prompt ; completion]."""
-    model = common.merge(graphdef, params)
-    tokens_bs, mask_bs, completion_bt = batch["tokens_bs"], batch["mask_bs"], batch["completion_bt"]
-    tc = completion_bt.shape[1]
-    hidden_bsd, _ = model(tokens_bs, mask_bt=mask_bs)
-    h_btd = hidden_bsd[:, -tc - 1 : -1]  # the position before each completion token predicts it
-    return kernels.grouped_logprob(
-        h_btd, model.lm_head_weight(), completion_bt, temperature=temperature,
-        return_entropy=entropy, implementation=implementation,
+    """log π(token) of each completion token (B, Tc), through the sampler's own code path."""
+    return sampling.sequence_logps(
+        common.merge(graphdef, params), batch["tokens_bs"], batch["mask_bs"], batch["completion_bt"],
+        temperature=temperature, implementation=implementation, return_entropy=entropy,
     )
 
 
@@ -314,6 +394,8 @@ def train(config, workdir: str) -> dict:
     """Runs (or resumes) a GRPO experiment in `workdir`; returns the final metrics."""
     validate(config)
     c = config
+    if model_max_seq_len(c.model) is not None:
+        check_context(c, model_max_seq_len(c.model))
     os.makedirs(workdir, exist_ok=True)
     mesh = sharding.make_mesh(c.mesh.shape)
     train_records, eval_records, task = load_splits(c)
@@ -327,10 +409,15 @@ def train(config, workdir: str) -> dict:
     ref_params = state.params if rl.beta > 0 else None  # never donated: the step donates `state` only
     if ref_params is not None:
         ref_params = jax.tree.map(jnp.copy, ref_params)
+    # Every process draws the same global batches of P prompts and keeps the rows its devices hold (see
+    # r1jax/distributed.py), so the data order, and a checkpoint's iterator state, do not depend on the process count.
     data_it, data_stats = make_prompt_iterator(
         train_records, batch_size=P, seed=c.seed, on_error=c.data.on_error,
-        fields=None if c.data.train_files else PromptFields(extras=("task", "meta")),
+        fields=None if c.data.train_files else PromptFields(extras=("task", "meta")), shard_index=0, shard_count=1,
     )
+    local_prompts = distributed.local_batch_slice(mesh, P)
+    local_rows = distributed.local_batch_slice(mesh, P * G)
+    p_local = local_prompts.stop - local_prompts.start
     reward_fn = make_rewards(c.rewards, c.response_prefix, c.sampling.max_new_tokens)
 
     checkpointer = ckpt_lib.Checkpointer(
@@ -341,7 +428,7 @@ def train(config, workdir: str) -> dict:
         c, ["rl.group_size", "rl.prompts_per_step", "model.preset", "model.checkpoint", "data.task",
             "data.train_files", "data.difficulty", "data.train_seed", "seed"]
     )
-    identity["model_shape"] = json.loads(json.dumps(model.cfg.__dict__, default=str))
+    identity["model_shape"] = common.model_identity(model.cfg)
     state, data_state, start_step = common.restore_or_start(
         checkpointer, state, state_shardings, identity, c.checkpoint.restart_from_weights
     )
@@ -351,6 +438,7 @@ def train(config, workdir: str) -> dict:
     sample_cfg = sampling.SamplingConfig(
         num_samples=G, max_new_tokens=c.sampling.max_new_tokens, temperature=c.sampling.temperature,
         top_p=c.sampling.top_p, top_k=c.sampling.top_k, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+        prompt_bucket=c.sampling.prompt_bucket,
     )
     loss_kw = dict(
         loss_type=rl.loss_type, epsilon_low=rl.epsilon_low, epsilon_high=rl.epsilon_high, beta=rl.beta,
@@ -377,36 +465,46 @@ def train(config, workdir: str) -> dict:
     logp_fn = jax.jit(
         functools.partial(
             completion_logps, graphdef, temperature=c.sampling.temperature, implementation=implementation
-        )
+        ),
+        out_shardings=batch_sh,
     )
 
     writer = metrics_lib.MetricsWriter(workdir)
-    ledger_path = os.path.join(workdir, "ledger.jsonl")
+    ledger_path = os.path.join(
+        workdir, "ledger.jsonl" if jax.process_count() == 1 else f"ledger.{jax.process_index()}.jsonl"
+    )
+    # A run killed after its last checkpoint appended records of the steps this one redoes from start_step.
+    common.drop_records_after(ledger_path, start_step)
+    if writer.enabled:
+        common.drop_records_after(writer.history_path, start_step)
     from r1jax import evals
 
     evaluator = evals.Evaluator(
         graphdef, tokenizer, eval_records[: c.eval.num_prompts], task, template=c.template,
         response_prefix=c.response_prefix, max_new_tokens=c.sampling.max_new_tokens,
         num_samples=c.eval.num_samples, temperature=c.eval.temperature, top_p=c.eval.top_p,
-        greedy=c.eval.greedy, max_prompt_len=c.sampling.max_prompt_len, mesh=mesh, seed=c.seed,
+        greedy=c.eval.greedy, max_prompt_len=c.sampling.max_prompt_len, prompt_bucket=c.sampling.prompt_bucket,
+        mesh=mesh, seed=c.seed,
     )
     base_rng = jax.random.wrap_key_data(jax.device_get(state.rng))
     bar = metrics_lib.progress(rl.num_steps, initial=start_step, desc="grpo")
     last = {}
     nan_steps = set(int(s) for s in c.debug.inject_nan_steps)
-    with ckpt_lib.PreemptionGuard() as guard:
+    with distributed.preemption_guard() as guard:
         step = start_step
+        t_loop = time.perf_counter()
         while step < rl.num_steps:
             t0 = time.perf_counter()
             # -- rollouts -------------------------------------------------------------------------------------
             parts, rinfo, rounds = [], {}, 0
             while True:
-                batch_records = next(data_it)
+                batch_records = next(data_it)[local_prompts]
                 prompt_ids = encode_prompts(
                     tokenizer, batch_records, c.template, c.response_prefix, c.sampling.max_prompt_len
                 )
                 rng = jax.random.fold_in(jax.random.fold_in(base_rng, step), rounds)
                 rollout = sampling.sample(graphdef, state.params, prompt_ids, rng, sample_cfg, mesh=mesh)
+                jax.block_until_ready(rollout)  # honest timings: the host needs the tokens now anyway
                 t_sample = time.perf_counter()
                 completions = decode_completions(tokenizer, rollout)
                 group_records = [r for r in batch_records for _ in range(G)]
@@ -415,27 +513,43 @@ def train(config, workdir: str) -> dict:
                     lengths=np.asarray(rollout.lengths_b),
                 )
                 rinfo = rb.stats
-                parts.append((batch_records, rollout, rb.rewards.reshape(P, G), rb.valid.reshape(P, G)))
+                parts.append((batch_records, rollout, rb.rewards.reshape(p_local, G), rb.valid.reshape(p_local, G)))
                 rounds += 1
                 informative = sum(int(np.asarray(grpo.keep_informative_groups(r, v)).sum()) for _, _, r, v in parts)
-                if not rl.dynamic_sampling or informative >= P or rounds > rl.max_resample_rounds:
+                if (
+                    not rl.dynamic_sampling
+                    or rounds > rl.max_resample_rounds
+                    or distributed.all_processes(informative >= p_local)
+                ):
                     break
             t_reward = time.perf_counter()
             records, batch, rewards_pg, valid_pg, lengths, truncated = select_groups(
-                parts, P, informative_first=rl.dynamic_sampling, mask_truncated=rl.mask_truncated
+                parts, p_local, informative_first=rl.dynamic_sampling, mask_truncated=rl.mask_truncated
+            )
+            # Every process's rewards: 'batch' reward scaling and the logged statistics are over the global batch.
+            rewards_pg, valid_pg, lengths, truncated = distributed.gather_rows(
+                (rewards_pg, valid_pg, lengths, truncated), mesh
             )
             adv_pg = grpo.group_advantages(
                 jnp.asarray(rewards_pg), scale_rewards=rl.scale_rewards, eps=rl.adv_eps, valid_pg=jnp.asarray(valid_pg)
             )
-            batch["advantages_b"] = np.asarray(adv_pg, np.float32).reshape(-1)
+            batch["advantages_b"] = np.asarray(adv_pg, np.float32).reshape(-1)[local_rows]
             batch["grad_scale"] = np.float32(np.nan if step in nan_steps else 1.0)
-            batch = jax.device_put({k: batch[k] for k in batch_shardings}, batch_shardings)
+            # old / ref log-probs are computed on the device below, already placed like the rest of the batch
+            host_keys = [k for k in batch_shardings if k in batch]
+            batch = distributed.host_to_global(
+                {k: batch[k] for k in host_keys}, {k: batch_shardings[k] for k in host_keys}
+            )
+            extra = {}  # both from the same batch structure, so logp_fn compiles once
             if rl.mu > 1:
-                batch["old_logps_bt"] = logp_fn(state.params, batch)
+                extra["old_logps_bt"] = logp_fn(state.params, batch)
             if rl.beta > 0:
-                batch["ref_logps_bt"] = logp_fn(ref_params, batch)
+                extra["ref_logps_bt"] = logp_fn(ref_params, batch)
+            batch.update(extra)
+            t_logps = time.perf_counter()
             for _ in range(rl.mu):
                 state, m = jit_step(state, batch)
+            jax.block_until_ready(state)
             t_train = time.perf_counter()
             step += 1
             with open(ledger_path, "a") as f:
@@ -456,7 +570,8 @@ def train(config, workdir: str) -> dict:
                 "perf/step_time_s": t_train - t0,
                 "perf/sample_time_s": t_sample - t0,
                 "perf/reward_time_s": t_reward - t_sample,
-                "perf/train_time_s": t_train - t_reward,
+                "perf/logps_time_s": t_logps - t_reward,  # host batch assembly + old / reference log-probs
+                "perf/train_time_s": t_train - t_logps,
                 "perf/tokens_per_s": n_tokens / max(t_train - t0, 1e-9),
             })
             if int(m["train/nonfinite_total"]) and int(jax.device_get(state.nonfinite_consecutive)) >= c.optim.max_consecutive_nonfinite:
@@ -476,8 +591,10 @@ def train(config, workdir: str) -> dict:
             bar.update(1)
             if c.debug.step_sleep_s:
                 time.sleep(c.debug.step_sleep_s)
-            preempted = guard.triggered or checkpointer.reached_preemption(step)
-            if step % c.checkpoint.every == 0 or step == rl.num_steps or preempted:
+            stop = c.debug.stop_after_steps > 0 and step - start_step >= c.debug.stop_after_steps
+            preempted = guard.triggered or checkpointer.reached_preemption(step) or stop
+            out_of_time = rl.max_time_s > 0 and time.perf_counter() - t_loop >= rl.max_time_s
+            if step % c.checkpoint.every == 0 or step == rl.num_steps or preempted or out_of_time:
                 checkpointer.save(step, common.state_to_dict(state), data_it.get_state(), identity)
             if preempted:
                 log.warning("preemption notice: saved step %d, exiting", step)
@@ -485,9 +602,12 @@ def train(config, workdir: str) -> dict:
                 writer.close()
                 bar.close()
                 return {"preempted_at": step, **last}
+            if out_of_time:
+                log.info("rl.max_time_s=%s reached after step %d: stopping", rl.max_time_s, step)
+                break
     bar.close()
     final_eval = evaluator(state.params)
-    writer.write(rl.num_steps, {f"eval/{k}": v for k, v in final_eval.items() if np.ndim(v) == 0})
+    writer.write(step, {f"eval/{k}": v for k, v in final_eval.items() if np.ndim(v) == 0})
     checkpointer.close()
     writer.close()
     metrics_lib.plot_curves(
@@ -495,7 +615,7 @@ def train(config, workdir: str) -> dict:
         os.path.join(workdir, "curves.png"), title="GRPO",
     )
     if c.export:
-        ckpt_lib.export_model(common.merge(graphdef, jax.device_get(state.params)), tokenizer,
+        ckpt_lib.export_model(common.merge(graphdef, distributed.fetch(state.params)), tokenizer,
                               os.path.join(workdir, "model"))
     return {**last, **{f"eval/{k}": v for k, v in final_eval.items()}}
 

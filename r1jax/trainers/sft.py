@@ -55,6 +55,7 @@ def sft_config() -> ml_collections.ConfigDict:
     c.seq_len = 256  # packed row length T
     c.batch_size = 16  # packed rows per step B
     c.num_steps = 1000
+    c.num_epochs = 0  # > 0: instead of num_steps, this many passes over the data (packed batches are counted)
     c.optim = common.optimizer_config(learning_rate=1e-3, warmup_steps=50, weight_decay=0.01)
     c.mesh = ml_collections.ConfigDict({"shape": (-1, 1, 1)})
     c.kernels = ml_collections.ConfigDict({"implementation": "auto"})
@@ -73,6 +74,8 @@ def validate(c, num_devices: int | None = None) -> None:
             raise ValueError(f"data.files: no such file {f!r}")
     if c.num_steps < 1:
         raise ValueError(f"num_steps={c.num_steps}: must be >= 1")
+    if c.num_epochs < 0:
+        raise ValueError(f"num_epochs={c.num_epochs}: must be >= 0")
     if c.seq_len < 2:
         raise ValueError(f"seq_len={c.seq_len}: must be >= 2")
     common.validate_optimizer(c.optim)
@@ -93,6 +96,15 @@ def load_records(c) -> list[dict] | list[str]:
             task, c.data.num_examples, format_rate=c.data.format_rate, error_rate=c.data.error_rate, **kw
         )
     return corpus.cold_start_records(task, c.data.num_examples, **kw)
+
+
+def epoch_steps(records, num_epochs: int, data_kw: dict) -> int:
+    """Packed batches in `num_epochs` passes over the data (the packer's output is counted, not estimated)."""
+    count_it, _ = make_sft_iterator(records, num_epochs=num_epochs, **data_kw)
+    steps = sum(1 for _ in count_it)
+    if steps < 1:
+        raise ValueError(f"num_epochs={num_epochs}: the data fill no batch of batch_size={data_kw['batch_size']}")
+    return steps
 
 
 def sft_loss(params, batch, *, graphdef, implementation):
@@ -135,12 +147,14 @@ def train(config, workdir: str) -> dict:
     model, tokenizer = common.build_model(model_cfg, c.seed, tok_path)
     if c.seq_len > model.cfg.max_seq_len:
         raise ValueError(f"seq_len={c.seq_len} exceeds the model's context max_seq_len={model.cfg.max_seq_len}")
-    data_it, data_stats = make_sft_iterator(
-        records, encode=tokenizer.encode, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+    data_kw = dict(
+        encode=tokenizer.encode, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
         seq_len=c.seq_len, batch_size=c.batch_size, seed=c.seed, on_error=c.data.on_error,
         fields=SFTFields(prompt=c.data.prompt_field, response=c.data.response_field),
     )
-    optimizer = common.make_optimizer(c.optim, c.num_steps)
+    data_it, data_stats = make_sft_iterator(records, **data_kw)
+    num_steps = epoch_steps(records, c.num_epochs, data_kw) if c.num_epochs else c.num_steps
+    optimizer = common.make_optimizer(c.optim, num_steps)
     graphdef, state, state_shardings = common.create_train_state(model, optimizer, mesh, c.seed)
     checkpointer = ckpt_lib.Checkpointer(
         os.path.join(workdir, "checkpoints"), max_to_keep=c.checkpoint.max_to_keep, async_save=c.checkpoint.async_save
@@ -156,14 +170,14 @@ def train(config, workdir: str) -> dict:
         in_shardings=(state_shardings, batch_sh), out_shardings=(state_shardings, None), donate_argnums=0,
     )
     writer = metrics_lib.MetricsWriter(workdir)
-    bar = metrics_lib.progress(c.num_steps, initial=start, desc="sft")
+    bar = metrics_lib.progress(num_steps, initial=start, desc="sft")
     m, t0, tokens = {}, time.perf_counter(), 0
     with ckpt_lib.PreemptionGuard() as guard:
-        for step in range(start + 1, c.num_steps + 1):
+        for step in range(start + 1, num_steps + 1):
             batch = next(data_it)
             tokens += int((batch["segment_ids_bt"] > 0).sum())
             state, m = step_fn(state, jax.device_put(batch, batch_sh))
-            if step % c.log_every == 0 or step == c.num_steps:
+            if step % c.log_every == 0 or step == num_steps:
                 m = jax.device_get(m)
                 dt = time.perf_counter() - t0
                 m["perf/tokens_per_s"] = tokens / max(dt, 1e-9)
@@ -171,7 +185,7 @@ def train(config, workdir: str) -> dict:
                 bar.set_postfix(loss=f"{float(m['sft/loss']):.3f}")
                 t0, tokens = time.perf_counter(), 0
             bar.update(1)
-            if step % c.checkpoint.every == 0 or step == c.num_steps or guard.triggered:
+            if step % c.checkpoint.every == 0 or step == num_steps or guard.triggered:
                 checkpointer.save(step, common.state_to_dict(state), data_it.get_state(), identity)
             if guard.triggered:
                 checkpointer.close()

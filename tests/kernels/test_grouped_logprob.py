@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from r1jax import kernels
+from r1jax.kernels import _common
 from r1jax.kernels.grouped_logprob import api
 
 N, D, V = 37, 21, 75
@@ -69,7 +70,9 @@ def _value_and_grads(h, w, t, *, implementation, return_entropy, options=()):
 def test_matches_oracle_values_and_gradients(implementation, dtype):
     h, w, t = _inputs(dtype)
     options = tuple(sorted(BLOCKS[implementation].items()))
-    (logp, ent), (dh, dw) = _value_and_grads(h, w, t, implementation=implementation, return_entropy=True, options=options)
+    (logp, ent), (dh, dw) = _value_and_grads(
+        h, w, t, implementation=implementation, return_entropy=True, options=options
+    )
     (logp0, ent0), (dh0, dw0) = _value_and_grads(h, w, t, implementation="xla", return_entropy=True)
     assert logp.dtype == jnp.float32 and ent.dtype == jnp.float32
     assert dh.dtype == dtype and dw.dtype == dtype and dh.shape == h.shape and dw.shape == w.shape
@@ -82,7 +85,9 @@ def test_matches_oracle_values_and_gradients(implementation, dtype):
 def test_gradients_without_entropy(implementation):
     h, w, t = _inputs(jnp.float32, seed=1)
     options = tuple(sorted(BLOCKS[implementation].items()))
-    (logp, _), (dh, dw) = _value_and_grads(h, w, t, implementation=implementation, return_entropy=False, options=options)
+    (logp, _), (dh, dw) = _value_and_grads(
+        h, w, t, implementation=implementation, return_entropy=False, options=options
+    )
     (logp0, _), (dh0, dw0) = _value_and_grads(h, w, t, implementation="xla", return_entropy=False)
     for name, x, ref in [("logp", logp, logp0), ("dh", dh, dh0), ("dw", dw, dw0)]:
         assert _rel_err(x, ref) < 1e-5, (name, _rel_err(x, ref))
@@ -128,6 +133,9 @@ def test_temperature_scales_logits():
 
 
 def test_auto_on_cpu_is_chunked_and_matches_oracle():
+    assert _common.resolve_implementation("auto") == "chunked"
+    assert _common.resolve_implementation("pallas") == "pallas_tpu"  # interpret mode on CPU
+    assert _common.interpret_default("pallas_tpu") and _common.interpret_default("pallas_gpu")
     h, w, t = _inputs(jnp.float32, seed=4)
     np.testing.assert_allclose(
         kernels.grouped_logprob(h, w, t), kernels.grouped_logprob(h, w, t, implementation="xla"), rtol=1e-5

@@ -10,6 +10,7 @@ solution is a short, perfectly regular list of column steps, learnable by a
 
 difficulty | operations | operand digits
 ---------- | ---------- | ---------------------------------------------------
+0          | +          | 2 (the laptop-CPU demo: learnable by a ~1M model in minutes)
 1          | +          | 2-3
 2          | + -        | 2-3 (a >= b, results are never negative)
 3          | + - *      | 3-4 for + -; 2-3 digits times 1 digit for *
@@ -36,8 +37,9 @@ from r1jax.data.tasks.base import (
 )
 
 MAX_DIFFICULTY = 5
-_OPS = {1: "+", 2: "+-", 3: "+-*", 4: "+-*", 5: "+-*"}
-_ADD_DIGITS = {1: (2, 3), 2: (2, 3), 3: (3, 4), 4: (4, 5), 5: (5, 6)}
+MIN_DIFFICULTY = 0
+_OPS = {0: "+", 1: "+", 2: "+-", 3: "+-*", 4: "+-*", 5: "+-*"}
+_ADD_DIGITS = {0: (2, 2), 1: (2, 3), 2: (2, 3), 3: (3, 4), 4: (4, 5), 5: (5, 6)}
 _MUL_DIGITS = {3: ((2, 3), (1, 1)), 4: ((2, 3), (2, 2)), 5: ((3, 4), (2, 2))}
 
 
@@ -143,7 +145,7 @@ class ArithmeticTask:
 
     def generate(self, n: int, *, seed: int, difficulty: int | None = None) -> list[Example]:
         d = self.default_difficulty if difficulty is None else difficulty
-        check_generate_args(self.name, n, seed, d, MAX_DIFFICULTY)
+        check_generate_args(self.name, n, seed, d, MAX_DIFFICULTY, MIN_DIFFICULTY)
         # The difficulty goes into the rng seed too: the same seed at two difficulties gives unrelated data.
         rng = random.Random(f"{self.name}/{seed}/{d}")
         out = []

@@ -110,13 +110,17 @@ def as_random(rng: Any) -> random.Random:
     raise TypeError(f"rng={rng!r}: expected random.Random, numpy.random.Generator or int")
 
 
-def check_generate_args(task: str, n: int, seed: int, difficulty: int, max_difficulty: int) -> None:
+def check_generate_args(
+    task: str, n: int, seed: int, difficulty: int, max_difficulty: int, min_difficulty: int = 1
+) -> None:
     if n < 0:
         raise ValueError(f"{task}.generate: n={n} must be >= 0")
     if not isinstance(seed, int):
         raise ValueError(f"{task}.generate: seed={seed!r} must be an int")
-    if not 1 <= difficulty <= max_difficulty:
-        raise ValueError(f"{task}.generate: difficulty={difficulty} must be in [1, {max_difficulty}]")
+    if not min_difficulty <= difficulty <= max_difficulty:
+        raise ValueError(
+            f"{task}.generate: difficulty={difficulty} must be in [{min_difficulty}, {max_difficulty}]"
+        )
 
 
 def check_error_rate(error_rate: float) -> None:

@@ -1,0 +1,206 @@
+"""Distillation (paper 2.4, stage 6): fine-tune a smaller student on the teacher's samples.
+
+The paper's method is plain SFT of the student (Qwen / Llama) on the ~800k samples curated with DeepSeek-R1
+(the stage-4 rejection-sampling set), and that is the default here (`distill.kl_weight = 0`). Optionally the
+loss adds token-level knowledge distillation towards the teacher's distributions on the same packed rows:
+
+    loss = (1 − α) · NLL(response tokens) + α · mean over response tokens of KL_t          α = distill.kl_weight
+    KL_t = KL(π_student ‖ π_teacher)   'reverse': the fused KL kernel (r1jax.kernels.kl), no B×T×V logits
+           KL(π_teacher ‖ π_student)   'forward': plain XLA over materialised logits — the kernel differentiates
+                                       its first (p) distribution only, so the student cannot be its q side
+
+both at temperature `distill.temperature`. The teacher is frozen (a separate, non-donated argument of the
+jitted step). A student made from a preset (`init_from_scratch`) uses the teacher's tokenizer; KL needs the
+same vocabulary on both sides and is refused otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from r1jax import checkpoint as ckpt_lib
+from r1jax import kernels, sharding
+from r1jax import metrics as metrics_lib
+from r1jax.data.sft import SFTFields, make_sft_iterator
+from r1jax.trainers import common, sft
+
+KL_DIRECTIONS = ("forward", "reverse")
+
+
+def distill_config() -> ml_collections.ConfigDict:
+    """The SFT trainer's fields (data, packing, optimizer, ...) plus the teacher and the `distill` section."""
+    c = sft.sft_config()
+    c.model.preset = "tiny-student"
+    c.init_from_scratch = True  # True: a fresh `model.preset` student with the teacher's tokenizer
+    c.data.source = "files"  # the rejection-sampling set (teacher samples) as prompt/response JSONL
+    c.teacher = common.model_config()  # teacher.checkpoint: the final model (stage 5); its tokenizer is used
+    c.distill = ml_collections.ConfigDict()
+    c.distill.kl_weight = 0.0  # α: 0 = SFT only (the paper's method); 1 = KL only
+    c.distill.kl_direction = "reverse"  # 'reverse' KL(student‖teacher), fused kernel | 'forward' KL(teacher‖student)
+    c.distill.temperature = 1.0
+    return c
+
+
+def validate(c) -> None:
+    if not c.teacher.checkpoint:
+        raise ValueError("teacher.checkpoint='': distillation needs the teacher's export (--config.teacher.checkpoint)")
+    if not os.path.isdir(c.teacher.checkpoint):
+        raise ValueError(f"teacher.checkpoint={c.teacher.checkpoint!r}: no such directory")
+    if not 0 <= c.distill.kl_weight <= 1:
+        raise ValueError(f"distill.kl_weight={c.distill.kl_weight}: must be in [0, 1]")
+    if c.distill.kl_direction not in KL_DIRECTIONS:
+        raise ValueError(f"distill.kl_direction={c.distill.kl_direction!r}: expected one of {KL_DIRECTIONS}")
+    if not c.distill.temperature > 0:
+        raise ValueError(f"distill.temperature={c.distill.temperature}: must be > 0")
+    sft.validate(c)
+
+
+def teacher_tokenizer_path(teacher_dir: str) -> str:
+    sp = os.path.join(teacher_dir, "tokenizer.model")
+    return sp if os.path.exists(sp) else teacher_dir
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loss
+
+
+def forward_kl(h_s_btd, w_s_dv, h_t_bte, w_t_ev, *, temperature: float):
+    """KL(π_teacher ‖ π_student) per token (B, T), differentiable in the student; materialises both logits."""
+    h_t_bte, w_t_ev = jax.lax.stop_gradient((h_t_bte, w_t_ev))
+    logp_s = jax.nn.log_softmax(jnp.einsum("btd,dv->btv", h_s_btd, w_s_dv, preferred_element_type=jnp.float32)
+                                / temperature, axis=-1)
+    logp_t = jax.nn.log_softmax(jnp.einsum("bte,ev->btv", h_t_bte, w_t_ev, preferred_element_type=jnp.float32)
+                                / temperature, axis=-1)
+    return jnp.sum(jnp.exp(logp_t) * (logp_t - logp_s), axis=-1)
+
+
+def token_kl(h_s, w_s, h_t, w_t, *, direction: str, temperature: float, implementation: str):
+    if direction == "reverse":
+        return kernels.kl(h_s, w_s, h_t, w_t, temperature=temperature, implementation=implementation)
+    return forward_kl(h_s, w_s, h_t, w_t, temperature=temperature)
+
+
+def _hidden(model, batch):
+    seg_bt = batch["segment_ids_bt"]
+    hidden, _ = model(batch["tokens_bt"], mask_bt=seg_bt > 0, positions_bt=batch["positions_bt"], segment_ids_bt=seg_bt)
+    return hidden
+
+
+def distill_loss(params, teacher_params, batch, *, graphdef, teacher_graphdef, kl_weight, direction, temperature,
+                 implementation):
+    """(loss, metrics) on packed rows; see the module docstring. `teacher_params` is unused when kl_weight = 0."""
+    student = common.merge(graphdef, params)
+    h_s = _hidden(student, batch)
+    w_s = student.lm_head_weight()
+    mask = batch["loss_mask_bt"].astype(jnp.float32)
+    denom = jnp.maximum(mask.sum(), 1.0)
+    logp_bt = kernels.grouped_logprob(h_s, w_s, batch["targets_bt"], implementation=implementation)
+    nll = -(logp_bt * mask).sum() / denom
+    if kl_weight == 0:
+        return nll, {"distill/nll": nll}
+    teacher = common.merge(teacher_graphdef, teacher_params)
+    h_t = jax.lax.stop_gradient(_hidden(teacher, batch))
+    kl_bt = token_kl(h_s, w_s, h_t, jax.lax.stop_gradient(teacher.lm_head_weight()), direction=direction,
+                     temperature=temperature, implementation=implementation)
+    kl = (kl_bt * mask).sum() / denom
+    return (1 - kl_weight) * nll + kl_weight * kl, {"distill/nll": nll, "distill/kl": kl}
+
+
+def train_step(state, teacher_params, batch, *, optimizer, **loss_kw):
+    (loss, m), grads = jax.value_and_grad(distill_loss, has_aux=True)(state.params, teacher_params, batch, **loss_kw)
+    state, upd = common.apply_gradients(state, grads, loss, optimizer)
+    return state, {"distill/loss": loss, **m, **upd}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The loop
+
+
+def build_student(c):
+    """(student, tokenizer): a fresh preset with the teacher's tokenizer, or `model.checkpoint`."""
+    if c.init_from_scratch:
+        model_cfg = ml_collections.ConfigDict(c.model.to_dict() | {"checkpoint": ""})
+        return common.build_model(model_cfg, c.seed, c.tokenizer.path or teacher_tokenizer_path(c.teacher.checkpoint))
+    return common.build_model(c.model, c.seed, c.tokenizer.path)
+
+
+def train(config, workdir: str) -> dict:
+    """Runs (or resumes) distillation in `workdir`; exports the student to WORKDIR/model; returns final metrics."""
+    validate(config)
+    c = config
+    os.makedirs(workdir, exist_ok=True)
+    t_start = time.perf_counter()
+    mesh = sharding.make_mesh(c.mesh.shape)
+    student, tokenizer = build_student(c)
+    if c.seq_len > student.cfg.max_seq_len:
+        raise ValueError(f"seq_len={c.seq_len} exceeds the student's context max_seq_len={student.cfg.max_seq_len}")
+    teacher_graphdef, teacher_params = None, None
+    if c.distill.kl_weight > 0:
+        teacher, _ = ckpt_lib.load_model(c.teacher.checkpoint, dtype=c.teacher.dtype)
+        if teacher.cfg.vocab_size != student.cfg.vocab_size:
+            raise ValueError(
+                f"distill.kl_weight={c.distill.kl_weight}: token-level KL needs one vocabulary, but the teacher has "
+                f"vocab_size={teacher.cfg.vocab_size} and the student {student.cfg.vocab_size}"
+            )
+        teacher_graphdef, teacher_params, teacher_state = common.split_model(teacher)
+        teacher_params = jax.device_put(teacher_params, sharding.param_shardings(teacher_state, mesh))
+
+    records = sft.load_records(c)
+    data_kw = dict(
+        encode=tokenizer.encode, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+        seq_len=c.seq_len, batch_size=c.batch_size, seed=c.seed, on_error=c.data.on_error,
+        fields=SFTFields(prompt=c.data.prompt_field, response=c.data.response_field),
+    )
+    data_it, data_stats = make_sft_iterator(records, **data_kw)
+    num_steps = sft.epoch_steps(records, c.num_epochs, data_kw) if c.num_epochs else c.num_steps
+    optimizer = common.make_optimizer(c.optim, num_steps)
+    graphdef, state, state_shardings = common.create_train_state(student, optimizer, mesh, c.seed)
+    checkpointer = ckpt_lib.Checkpointer(
+        os.path.join(workdir, "checkpoints"), max_to_keep=c.checkpoint.max_to_keep, async_save=c.checkpoint.async_save
+    )
+    identity = common.run_identity(c, ["data", "seq_len", "batch_size", "seed", "model", "distill"])
+    state, data_state, start = common.restore_or_start(checkpointer, state, state_shardings, identity, False)
+    if data_state is not None:
+        data_it.set_state(data_state)
+
+    batch_sh = sharding.batch_sharding(mesh, 2)
+    teacher_sh = None if teacher_params is None else jax.tree.map(lambda x: x.sharding, teacher_params)
+    step_fn = jax.jit(
+        functools.partial(
+            train_step, optimizer=optimizer, graphdef=graphdef, teacher_graphdef=teacher_graphdef,
+            kl_weight=float(c.distill.kl_weight), direction=c.distill.kl_direction,
+            temperature=float(c.distill.temperature), implementation=c.kernels.implementation,
+        ),
+        in_shardings=(state_shardings, teacher_sh, batch_sh), out_shardings=(state_shardings, None),
+        donate_argnums=0,
+    )
+    writer = metrics_lib.MetricsWriter(workdir)
+    bar = metrics_lib.progress(num_steps, initial=start, desc="distill")
+    m = {}
+    with ckpt_lib.PreemptionGuard() as guard:
+        for step in range(start + 1, num_steps + 1):
+            batch = next(data_it)
+            state, m = step_fn(state, teacher_params, jax.device_put(batch, batch_sh))
+            if step % c.log_every == 0 or step == num_steps:
+                m = jax.device_get(m)
+                writer.write(step, m)
+                bar.set_postfix(loss=f"{float(m['distill/loss']):.3f}")
+            bar.update(1)
+            if step % c.checkpoint.every == 0 or step == num_steps or guard.triggered:
+                checkpointer.save(step, common.state_to_dict(state), data_it.get_state(), identity)
+            if guard.triggered:
+                checkpointer.close()
+                return {"preempted_at": step}
+    bar.close()
+    checkpointer.close()
+    writer.close()
+    ckpt_lib.export_model(common.merge(graphdef, jax.device_get(state.params)), tokenizer,
+                          os.path.join(workdir, "model"))
+    out = {k: float(v) for k, v in m.items()} | {"data/" + k: v for k, v in data_stats.items()}
+    return out | {"student/num_params": student.cfg.num_params(), "perf/wall_time_s": time.perf_counter() - t_start}

@@ -1,0 +1,365 @@
+"""The R1 pipeline (stages 2-6): every new experiment file runs for 2 steps in one pipeline run (one process, one
+tiny base model), re-running skips finished stages, and the parts that can be wrong in a way a run would not show
+are checked on their own: the rejection-sampling filters, the Bradley–Terry loss, the reward model's learning,
+reward routing, and the distillation KL."""
+
+import json
+import math
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from r1jax import config_lib, kernels
+from r1jax import pipeline as pipeline_lib
+from r1jax.data import corpus, preferences
+from r1jax.data import tasks as tasks_lib
+from r1jax.data.sft import SFTFields
+from r1jax.models import get_preset, init_model
+from r1jax.rewards import accuracy_reward, format_ok, summary_text, think_text
+from r1jax.tokenizer import SentencePieceTokenizer
+from r1jax.trainers import common, distill, grpo, rejection_sampling, reward_model, sft
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PIPELINE = os.path.join(REPO, "experiments", "pipeline.py")
+# The new stages. r1_zero, student_base and student_rl run experiments that other tests cover (R1-Zero GRPO,
+# pretraining); leaving them out keeps this file within its time budget. The student is then a fresh preset.
+TEST_STAGES = (
+    "stage0", "cold_start", "reasoning_rl", "rejection_sampling", "rejection_sft", "reward_model", "general_rl",
+    "distill",
+)
+
+
+def _history(stage_dir):
+    with open(os.path.join(stage_dir, "metrics.jsonl")) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tiny_base_model, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("pipeline"))
+    shutil.copytree(tiny_base_model, os.path.join(workdir, "stage0", "model"))  # stage 0 is reused, not retrained
+    config = config_lib.load_config(PIPELINE + ":runlocal", ["distill.init_from_scratch=True"])
+    config.stages = TEST_STAGES
+    result = pipeline_lib.run(config, workdir)
+    return workdir, config, result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The whole pipeline, 2 steps per stage
+
+
+def test_pipeline_runs_every_new_stage_for_two_steps(pipeline_run):
+    workdir, _, result = pipeline_run
+    assert result["stages_run"].split(",") == list(TEST_STAGES[1:])  # stage0 was there already
+    for stage in TEST_STAGES:
+        assert pipeline_lib.is_complete(workdir, stage), stage
+    for stage in ("cold_start", "reasoning_rl", "rejection_sft", "reward_model", "general_rl", "distill"):
+        steps = [h["step"] for h in _history(os.path.join(workdir, stage))]
+        assert max(steps) == 2, (stage, steps)
+    # The student is the smaller preset, with the teacher's tokenizer (same vocabulary).
+    with open(os.path.join(workdir, "distill", "model", "config.json")) as fh:
+        student = json.load(fh)
+    with open(os.path.join(workdir, "general_rl", "model", "config.json")) as fh:
+        teacher = json.load(fh)
+    assert student["num_hidden_layers"] == get_preset("tiny-student").num_layers < teacher["num_hidden_layers"]
+    assert student["vocab_size"] == teacher["vocab_size"]
+
+
+def test_rejection_sampling_writes_an_sft_set_and_filter_statistics(pipeline_run):
+    workdir, config, _ = pipeline_run
+    stats = json.load(open(os.path.join(workdir, "rejection_sampling", "stats.json")))
+    rs = config.rejection_sampling
+    assert stats["total"]["in"] == rs.data.num_prompts * rs.sampling.num_samples
+    previous = stats["total"]["in"]
+    for name in rejection_sampling.FILTERS:  # each filter sees what the previous one kept
+        assert stats[name]["in"] == previous
+        assert stats[name]["kept"] <= stats[name]["in"]
+        previous = stats[name]["kept"]
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "rejection_sampling", "data.jsonl"))]
+    assert len(rows) == stats["data"]["num_rows"] == stats["data"]["num_reasoning"] + stats["data"]["num_non_reasoning"]
+    assert stats["data"]["num_non_reasoning"] >= rs.non_reasoning.min_examples
+    for row in rows:
+        assert row["prompt"].startswith("User: ") and row["response"]
+        if row["source"] == "non_reasoning":
+            assert format_ok(row["response"])
+
+
+def test_general_rl_routes_general_prompts_to_the_reward_model(pipeline_run):
+    workdir, _, _ = pipeline_run
+    history = _history(os.path.join(workdir, "general_rl"))
+    trained = [h for h in history if "reward/reasoning/fraction" in h]
+    assert len(trained) == 2
+    assert all(h["reward/reasoning/fraction"] + h["reward/general/fraction"] == 1.0 for h in trained)
+
+
+def test_results_table_has_a_row_per_evaluated_stage(pipeline_run):
+    workdir, _, _ = pipeline_run
+    results = json.load(open(os.path.join(workdir, "results.json")))
+    table = open(os.path.join(workdir, "results.md")).read()
+    for stage in TEST_STAGES:
+        assert pipeline_lib.LABELS[stage] in table
+        if stage in pipeline_lib.NOT_EVALUATED:
+            continue
+        m = results["stages"][stage]
+        for key in ("pass@1", "cons@k", "format_rate", "language_consistency"):
+            assert 0.0 <= m[key] <= 1.0, (stage, key, m[key])
+        assert 0 < m["mean_length"] <= 16  # runlocal samples at most 16 tokens
+    assert results["stages"]["distill"]["num_params"] < results["stages"]["general_rl"]["num_params"]
+    assert 0.0 <= results["reward_model"]["eval/pairwise_accuracy"] <= 1.0
+    assert any("student vs teacher" in line for line in results["comparisons"])
+
+
+def test_rerun_skips_complete_stages(pipeline_run):
+    workdir, config, _ = pipeline_run
+    marker = os.path.join(workdir, "reasoning_rl", "metrics.jsonl")
+    before = os.path.getmtime(marker)
+    result = pipeline_lib.run(config, workdir)
+    assert result["stages_run"] == ""
+    assert os.path.getmtime(marker) == before
+
+
+def test_stage_config_chains_exports_and_budgets_student_rl(tmp_path):
+    config = config_lib.load_config(PIPELINE + ":runlocal")
+    wd = str(tmp_path)
+    m = lambda s: os.path.join(wd, s, "model")
+    assert pipeline_lib.stage_config(config, "reasoning_rl", wd).model.checkpoint == m("cold_start")
+    sft_cfg = pipeline_lib.stage_config(config, "rejection_sft", wd)
+    assert sft_cfg.model.checkpoint == m("stage0")  # the paper retrains the base, not the RL policy
+    assert sft_cfg.data.files == (os.path.join(wd, "rejection_sampling", "data.jsonl"),)
+    assert pipeline_lib.stage_config(config, "general_rl", wd).rewards.reward_model == m("reward_model")
+    d = pipeline_lib.stage_config(config, "distill", wd)
+    assert (d.teacher.checkpoint, d.model.checkpoint) == (m("general_rl"), m("student_base"))
+    with pytest.raises(RuntimeError, match="distill"):
+        pipeline_lib.stage_config(config, "student_rl", wd)
+    os.makedirs(os.path.join(wd, "distill"))
+    json.dump({"wall_time_s": 12.5}, open(os.path.join(wd, "distill", pipeline_lib.STAGE_FILE), "w"))
+    config.student_rl_time_factor = 2.0
+    assert pipeline_lib.stage_config(config, "student_rl", wd).rl.max_time_s == 25.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data: cold start format, preference pairs
+
+
+def test_cold_start_records_are_correct_and_in_the_output_format():
+    task = tasks_lib.get_task("arithmetic")
+    records = corpus.cold_start_records(task, 50, seed=0, difficulty=1, template="short")
+    examples = task.generate(50, seed=0, difficulty=1)
+    assert all(format_ok(r["response"], "strict") for r in records)
+    assert accuracy_reward([r["response"] for r in records], [e.answer for e in examples],
+                           examples=[e.to_dict() for e in examples], extract=("answer_tag",)) == [1.0] * 50
+
+
+def test_preference_pairs():
+    pairs = preferences.preference_pairs(200, seed=0)
+    assert {p["kind"] for p in pairs} == set(preferences.REJECTIONS)
+    for p in pairs:
+        assert p["chosen"] != p["rejected"]
+        if p["kind"] == "harmful_think":  # only a whole-response score can see it
+            assert preferences.HARM_MARKER in think_text(p["rejected"])
+            assert summary_text(p["rejected"]) == summary_text(p["chosen"])
+    summaries = [p for p in pairs if think_text(p["chosen"]) is None]
+    assert 0.25 * len(pairs) < len(summaries) < 0.5 * len(pairs)  # about half of the 3/5 that may be reduced
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rejection-sampling filters
+
+
+def test_filter_predicates():
+    clean = " <think> 7+5=12, write 2, carry 1. So 47+85=132. </think> <answer> 132 </answer>"
+    assert not rejection_sampling.is_mixed_language(clean)
+    assert rejection_sampling.is_mixed_language(" <think> 7+5=12, 所以 进位 一 所以 </think> <answer> 132 </answer>")
+    # Only the chain of thought counts: a foreign word in the summary is not mixed reasoning.
+    assert not rejection_sampling.is_mixed_language(" <think> add the columns </think> <answer> 答案 </answer>")
+    long_para = " <think> " + "word " * 30 + "</think> <answer> 1 </answer>"
+    split = " <think> " + "word " * 15 + "\n\n" + "word " * 15 + "</think> <answer> 1 </answer>"
+    assert rejection_sampling.has_overlong_paragraph(long_para, max_words=20)
+    assert not rejection_sampling.has_overlong_paragraph(split, max_words=20)
+    assert rejection_sampling.has_code_block(" <think> ```python\nprint(1)\n``` </think> <answer> 1 </answer>")
+    assert not rejection_sampling.has_code_block(" <think> no code here </think> <answer> ``` </answer>")
+
+
+def test_filter_samples_counts_each_filter():
+    f = rejection_sampling.rejection_sampling_config().filters
+    f.max_paragraph_words = 20
+    good = " <think> 7+5=12, write 2. </think> <answer> 12 </answer>"
+    samples = [
+        {"prompt_id": "a", "response": good, "correct": True},
+        {"prompt_id": "a", "response": good.replace("write", "write  "), "correct": True},  # duplicate (spaces)
+        {"prompt_id": "b", "response": good, "correct": True},  # same text, other prompt: kept
+        {"prompt_id": "a", "response": good, "correct": False},  # wrong
+        {"prompt_id": "a", "response": " 12", "correct": True},  # no format
+        {"prompt_id": "a", "response": " <think> 所以 所以 进位 </think> <answer> 12 </answer>", "correct": True},
+        {"prompt_id": "a", "response": " <think> " + "x " * 25 + "</think> <answer> 12 </answer>", "correct": True},
+        {"prompt_id": "a", "response": " <think> ```\n1\n``` </think> <answer> 12 </answer>", "correct": True},
+    ]
+    kept, stats = rejection_sampling.filter_samples(samples, f)
+    assert [s["prompt_id"] for s in kept] == ["a", "b"]
+    assert [stats[n]["kept"] for n in rejection_sampling.FILTERS] == [7, 6, 5, 4, 3, 2]
+    assert stats["duplicate"]["kept_fraction"] == pytest.approx(2 / 3)
+    assert stats["total"] == {"in": 8, "kept": 2, "kept_fraction": 0.25, "prompts": 2,
+                              "prompts_with_a_kept_sample": 2}
+    f.max_per_prompt = 1
+    f.require_format = False
+    kept, stats = rejection_sampling.filter_samples(samples[:3] + [samples[4]], f)
+    assert [s["response"] for s in kept] == [good, good]  # ' 12' for prompt a is over the per-prompt cap
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reward model
+
+
+def test_bradley_terry_loss_golden():
+    r_c, r_r = jnp.array([1.0, -0.5, 2.0, 30.0]), jnp.array([0.0, 0.5, 2.0, -30.0])
+    # −log σ(m) for margins 1, −1, 0, 60 (the last must not overflow)
+    want = np.mean([math.log1p(math.exp(-1)), math.log1p(math.exp(1)), math.log(2.0), math.log1p(math.exp(-60))])
+    assert float(reward_model.bradley_terry_loss(r_c, r_r)) == pytest.approx(want, rel=1e-6)
+    assert float(reward_model.pairwise_accuracy(r_c, r_r)) == pytest.approx((1 + 0 + 0.5 + 1) / 4)
+    grad = jax.grad(lambda c: reward_model.bradley_terry_loss(c, r_r))(r_c)
+    np.testing.assert_allclose(grad, -jax.nn.sigmoid(r_r - r_c) / 4, rtol=1e-6)  # d/dr_c = −σ(−m) / N
+
+
+def test_reward_model_pairwise_accuracy_rises(tiny_base_model, tmp_path):
+    c = config_lib.load_config(os.path.join(REPO, "experiments", "reward_model.py") + ":runlocal")
+    c.model.checkpoint = tiny_base_model
+    c.data.num_pairs = 400  # 40 held out
+    c.seq_len = 64
+    c.batch_size = 8
+    c.num_steps = 60
+    c.optim.learning_rate = 1e-3
+    c.optim.warmup_steps = 5
+    c.log_every = 20
+    c.eval_every = 0
+    c.checkpoint.every = 1000
+    out = reward_model.train(c, str(tmp_path))
+    assert out["eval_init/pairwise_accuracy"] == 0.5  # a zero head ties every pair
+    assert out["eval/pairwise_accuracy"] >= 0.7
+    # Refusals and harmful text are easy to tell apart; a changed digit ('wrong') is not, for a model this small.
+    for kind in ("refusal", "harmful", "harmful_think"):
+        assert out[f"eval/pairwise_accuracy/{kind}"] >= 0.9, kind
+    # The export scores like the trained model: chosen above rejected on the easy (refusal) pairs.
+    scorer = reward_model.RewardModelScorer(str(tmp_path / "model"), batch_size=4)
+    pairs = [p for p in preferences.preference_pairs(40, seed=99) if p["kind"] == "refusal"]
+    chosen = scorer([p["prompt"] for p in pairs], [p["chosen"] for p in pairs])
+    rejected = scorer([p["prompt"] for p in pairs], [p["rejected"] for p in pairs])
+    assert np.mean(np.array(chosen) > np.array(rejected)) >= 0.75
+
+
+def test_routed_rewards_send_general_prompts_to_the_scorer():
+    calls = []
+
+    def scorer(prompts, responses):
+        calls.append(list(responses))
+        return [float(len(r)) for r in responses]
+
+    rc = grpo.rewards_config(weights={"format": 1.0}, general_weights={"helpfulness": 1.0, "harmlessness": 0.5})
+    reasoning = grpo.make_reward_fn([grpo.RewardSpec("format", kwargs={"mode": "strict"})])
+    general = grpo.make_reward_fn([
+        grpo.RewardSpec("reward_model", weight=w, key=k, kwargs={"scorer": scorer, "summary_only": k == "helpfulness"})
+        for k, w in rc.general_weights.items()
+    ])
+    fn = grpo.RoutedRewards(reasoning, general)
+    text = " <think> ab </think> <answer> 4 </answer>"
+    examples = [{"task": "arithmetic", "answer": "4"}, {"task": preferences.GENERAL_TASK, "answer": "4"}]
+    out = fn(["q1", "q2"], [text, text], examples)
+    summary = summary_text(text)
+    np.testing.assert_allclose(out.rewards, [1.0, len(summary) + 0.5 * len(text)])
+    assert sorted(calls) == sorted([[summary], [text]])  # only the general prompt was scored, once per reward
+    assert np.isnan(out.per_reward["helpfulness"][0]) and np.isnan(out.per_reward["format"][1])
+    assert out.stats["reward/general/fraction"] == 0.5
+
+
+def test_general_weights_need_a_reward_model():
+    c = config_lib.load_config(os.path.join(REPO, "experiments", "general_rl.py") + ":runlocal")
+    with pytest.raises(ValueError, match="rewards.reward_model"):
+        grpo.validate(c)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Distillation
+
+
+def _kd_setup(v=64):
+    student = init_model(get_preset("tiny-student", vocab_size=v, num_layers=1), seed=0)
+    teacher = init_model(get_preset("tiny", vocab_size=v, num_layers=1), seed=1)
+    rng = np.random.default_rng(0)
+    b, t = 2, 12
+    tokens = rng.integers(3, v, (b, t + 1)).astype(np.int32)
+    batch = {
+        "tokens_bt": tokens[:, :-1], "targets_bt": tokens[:, 1:],
+        "loss_mask_bt": (np.arange(t)[None] >= 4).repeat(b, 0).astype(np.int32),
+        "segment_ids_bt": np.ones((b, t), np.int32), "positions_bt": np.arange(t)[None].repeat(b, 0).astype(np.int32),
+    }
+    s_gd, s_params, _ = common.split_model(student)
+    t_gd, t_params, _ = common.split_model(teacher)
+    return student, teacher, batch, s_gd, s_params, t_gd, t_params
+
+
+@pytest.mark.parametrize("direction", ["reverse", "forward"])
+def test_distill_kl_equals_the_kl_kernel(direction):
+    student, teacher, batch, s_gd, s_params, t_gd, t_params = _kd_setup()
+    loss, m = distill.distill_loss(
+        s_params, t_params, batch, graphdef=s_gd, teacher_graphdef=t_gd, kl_weight=1.0, direction=direction,
+        temperature=2.0, implementation="chunked",
+    )
+    h_s, _ = student(batch["tokens_bt"])
+    h_t, _ = teacher(batch["tokens_bt"])
+    s, t = (h_s, student.lm_head_weight()), (h_t, teacher.lm_head_weight())
+    p, q = (s, t) if direction == "reverse" else (t, s)
+    kl_bt = kernels.kl(*p, *q, temperature=2.0, implementation="xla")
+    mask = batch["loss_mask_bt"]
+    want = float((kl_bt * mask).sum() / mask.sum())
+    assert want > 1e-4
+    assert float(loss) == pytest.approx(want, rel=1e-4) and float(m["distill/kl"]) == pytest.approx(want, rel=1e-4)
+
+
+@pytest.mark.parametrize("direction", ["reverse", "forward"])
+def test_distill_kl_loss_decreases(direction):
+    _, _, batch, s_gd, s_params, t_gd, t_params = _kd_setup()
+    c = distill.distill_config()
+    c.optim.learning_rate = 3e-3
+    optimizer = common.make_optimizer(c.optim, 30)
+    graphdef, state, _ = common.create_train_state(common.merge(s_gd, s_params), optimizer, jax.sharding.Mesh(
+        np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor")), 0)
+    step = jax.jit(lambda st, tp, bt: distill.train_step(
+        st, tp, bt, optimizer=optimizer, graphdef=graphdef, teacher_graphdef=t_gd, kl_weight=0.5,
+        direction=direction, temperature=1.0, implementation="chunked"))
+    losses = []
+    for _ in range(15):
+        state, m = step(state, t_params, batch)
+        losses.append((float(m["distill/loss"]), float(m["distill/kl"])))
+    assert losses[-1][0] < 0.8 * losses[0][0]
+    assert losses[-1][1] < 0.8 * losses[0][1]  # the KL term itself goes down, not only the NLL
+
+
+def test_distill_config_errors_name_the_field(tmp_path):
+    c = distill.distill_config()
+    c.teacher.checkpoint = str(tmp_path)
+    c.data.files = (str(tmp_path / "missing.jsonl"),)
+    c.distill.kl_direction = "sideways"
+    with pytest.raises(ValueError, match="distill.kl_direction='sideways'"):
+        distill.validate(c)
+    c.distill.kl_direction = "forward"
+    c.distill.kl_weight = 1.5
+    with pytest.raises(ValueError, match="distill.kl_weight=1.5"):
+        distill.validate(c)
+
+
+def test_sft_num_epochs_counts_packed_batches():
+    records = [{"id": str(i), "prompt": f"q{i} ", "response": "a" * (i % 7 + 1)} for i in range(60)]
+    tok = SentencePieceTokenizer.train([r["prompt"] + r["response"] for r in records], vocab_size=40)
+    kw = dict(encode=tok.encode, eos_id=tok.eos_id, pad_id=tok.pad_id, seq_len=32, batch_size=2, seed=0,
+              on_error="raise", fields=SFTFields())
+    one, two = (sft.epoch_steps(records, n, kw) for n in (1, 2))
+    assert one >= 1 and abs(two - 2 * one) <= 1
+
+
+def test_non_reasoning_records_are_general_and_formatted():
+    rows = preferences.non_reasoning_records(10, seed=0, template="short")
+    assert len({r["id"] for r in rows}) == 10
+    assert all(format_ok(r["response"]) and r["prompt"].startswith("User: ") for r in rows)
