@@ -32,8 +32,17 @@ from r1jax import config_lib
 
 ENTRY = "r1jax.pipeline:run"
 STAGES = (
-    "stage0", "r1_zero", "cold_start", "reasoning_rl", "rejection_sampling", "rejection_sft", "reward_model",
-    "general_rl", "student_base", "distill", "student_rl",
+    "stage0",
+    "r1_zero",
+    "cold_start",
+    "reasoning_rl",
+    "rejection_sampling",
+    "rejection_sft",
+    "reward_model",
+    "general_rl",
+    "student_base",
+    "distill",
+    "student_rl",
 )
 _HERE = os.path.dirname(os.path.abspath(__file__))
 

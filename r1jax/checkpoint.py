@@ -32,6 +32,7 @@ import time
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from etils import epath
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +54,14 @@ class Checkpointer:
                 "another workdir"
             )
         self.on_save_error = on_save_error
+        self.max_to_keep = max_to_keep
         self.save_failures = 0
         self._pending_step = None  # the step whose async save has not been confirmed yet
         self._supersede: list[int] = []  # another run's steps, set aside at this run's first save
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
-        )
+        options = ocp.CheckpointManagerOptions(max_to_keep=None, enable_async_checkpointing=async_save, create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        if jax.process_index() == 0:  # what a kill left half-deleted (see `_prune`)
+            (epath.Path(self.directory) / "deleting").rmtree(missing_ok=True)
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -103,9 +105,23 @@ class Checkpointer:
         except Exception as e:
             self._failed(f"async checkpoint save of step {step} to {self.directory} failed: {e}", e)
             return
-        # Orbax can also skip finalizing a step after logging the error; the step directory is the commit.
-        if step is not None and jax.process_index() == 0 and not os.path.isdir(os.path.join(self.directory, str(step))):
+        if step is None:
+            return
+        # Orbax can also skip finalizing a step after logging the error: the listing on disk is the truth.
+        self.manager.reload()
+        if step not in self.manager.all_steps():
             self._failed(f"async checkpoint save of step {step} to {self.directory} was not committed", None)
+            return
+        self._prune()
+
+    def _prune(self) -> None:
+        """Keep the newest `max_to_keep` steps. Orbax would delete old steps in place, file by file, so a kill in
+        the middle leaves a listed step with items missing; here a step leaves the listing by one rename first."""
+        old = self.all_steps()[: -self.max_to_keep] if self.max_to_keep else []
+        if old:
+            self.set_aside(old, "deleting", quiet=True)
+            if jax.process_index() == 0:
+                (epath.Path(self.directory) / "deleting").rmtree(missing_ok=True)
 
     def _failed(self, message: str, error: Exception | None) -> None:
         self.save_failures += 1
@@ -168,17 +184,19 @@ class Checkpointer:
         run's first save, which moves them to `superseded/` (step numbers are reused)."""
         self._supersede = sorted(steps)
 
-    def set_aside(self, steps, reason: str) -> None:
-        """Move step directories to `<directory>/<reason>/<step>.<time_ns>`, out of the step listing."""
+    def set_aside(self, steps, reason: str, quiet: bool = False) -> None:
+        """Move step directories to `<directory>/<reason>/<step>.<time_ns>`, out of the step listing (one rename
+        each, atomic on a local or POSIX file system)."""
         if jax.process_index() == 0:
-            target = os.path.join(self.directory, reason)
-            os.makedirs(target, exist_ok=True)
+            target = epath.Path(self.directory) / reason
+            target.mkdir(parents=True, exist_ok=True)
             for step in steps:
-                src = os.path.join(self.directory, str(step))
-                if os.path.isdir(src):
-                    dst = os.path.join(target, f"{step}.{time.time_ns()}")
-                    os.replace(src, dst)
-                    log.warning("checkpoint step %d moved to %s (%s)", step, dst, reason)
+                src = epath.Path(self.directory) / str(step)
+                if src.exists():
+                    dst = target / f"{step}.{time.time_ns()}"
+                    src.rename(dst)
+                    if not quiet:
+                        log.warning("checkpoint step %d moved to %s (%s)", step, dst, reason)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 

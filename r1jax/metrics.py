@@ -66,12 +66,10 @@ def plot_curves(history: list[dict], keys: list[str], path: str, title: str = ""
     keys = [k for k in keys if any(k in h for h in history)]
     if not keys:
         return None
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no global backend change, works headless
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
+    fig = Figure(figsize=(4.2 * len(keys), 3.2))
+    axes = fig.subplots(1, len(keys), squeeze=False)
     for ax, key in zip(axes[0], keys):
         pts = [(h["step"], h[key]) for h in history if key in h]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 30 else None, ms=3)
@@ -83,7 +81,6 @@ def plot_curves(history: list[dict], keys: list[str], path: str, title: str = ""
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 

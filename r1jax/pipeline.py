@@ -96,9 +96,15 @@ def stage_config(c, stage: str, workdir: str) -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict(c[stage].to_dict())
     m = lambda s: _model(workdir, s)
     starts_from = {
-        "r1_zero": "stage0", "cold_start": "stage0", "reasoning_rl": "cold_start", "rejection_sampling": "reasoning_rl",
-        "rejection_sft": "stage0", "reward_model": "rejection_sft", "general_rl": "rejection_sft",
-        "distill": "student_base", "student_rl": "student_base",
+        "r1_zero": "stage0",
+        "cold_start": "stage0",
+        "reasoning_rl": "cold_start",
+        "rejection_sampling": "reasoning_rl",
+        "rejection_sft": "stage0",
+        "reward_model": "rejection_sft",
+        "general_rl": "rejection_sft",
+        "distill": "student_base",
+        "student_rl": "student_base",
     }
     if stage in starts_from:
         cfg.model.checkpoint = m(starts_from[stage])
@@ -180,19 +186,31 @@ def run(config, workdir: str) -> dict:
         metrics = _read_json(path)
         if metrics is None:
             print(f"[pipeline] evaluating {stage}")
-            metrics = {k: v for k, v in evals.evaluate_model_dir(c.eval, _model(workdir, stage)).items()
-                       if k != "samples"}
+            metrics = {
+                k: v for k, v in evals.evaluate_model_dir(c.eval, _model(workdir, stage)).items() if k != "samples"
+            }
             metrics = {k: float(v) if hasattr(v, "item") else v for k, v in metrics.items()}
             _write_json(path, metrics)
         rows[stage] = metrics
 
-    results = {"stages": {}, "eval": {"k": c.eval.eval.num_samples, "num_prompts": c.eval.eval.num_prompts,
-                                      "temperature": c.eval.eval.temperature, "top_p": c.eval.eval.top_p,
-                                      "task": c.eval.data.task}}
+    results = {
+        "stages": {},
+        "eval": {
+            "k": c.eval.eval.num_samples,
+            "num_prompts": c.eval.eval.num_prompts,
+            "temperature": c.eval.eval.temperature,
+            "top_p": c.eval.eval.top_p,
+            "task": c.eval.data.task,
+        },
+    }
     for stage in c.stages:
         done = _read_json(os.path.join(workdir, stage, STAGE_FILE)) or {}
-        entry = {"label": LABELS[stage], "wall_time_s": done.get("wall_time_s"),
-                 "num_params": _num_params(_model(workdir, stage)), **rows.get(stage, {})}
+        entry = {
+            "label": LABELS[stage],
+            "wall_time_s": done.get("wall_time_s"),
+            "num_params": _num_params(_model(workdir, stage)),
+            **rows.get(stage, {}),
+        }
         if stage == "student_rl":
             entry["max_time_s"] = done.get("max_time_s")
             entry["rl_steps"] = _last_step(os.path.join(workdir, stage))
@@ -202,8 +220,12 @@ def run(config, workdir: str) -> dict:
     if "reward_model" in c.stages:
         results["reward_model"] = _read_json(os.path.join(workdir, "reward_model", "results.json"))
     results["comparisons"] = comparisons(rows)
-    results["run"] = {"this_invocation_wall_time_s": time.perf_counter() - t_start, "stages_run": ran,
-                      "machine_at_start": machine_start, "machine_at_end": _machine()}
+    results["run"] = {
+        "this_invocation_wall_time_s": time.perf_counter() - t_start,
+        "stages_run": ran,
+        "machine_at_start": machine_start,
+        "machine_at_end": _machine(),
+    }
     _write_json(os.path.join(workdir, "results.json"), results)
     text = results_markdown(results)
     with open(os.path.join(workdir, "results.md"), "w") as fh:
@@ -247,29 +269,43 @@ def results_markdown(results: dict) -> str:
         cells.append(fmt(e.get("wall_time_s"), ".0f"))
         lines.append("| " + " | ".join(cells) + " |")
     ev = results["eval"]
-    lines += ["", f"Held-out {ev['task']} prompts: {ev['num_prompts']}; pass@1 averaged over k = {ev['k']} samples "
-                  f"at T = {ev['temperature']}, top-p = {ev['top_p']}; cons@{ev['k']} by majority vote."]
+    lines += [
+        "",
+        f"Held-out {ev['task']} prompts: {ev['num_prompts']}; pass@1 averaged over k = {ev['k']} samples "
+        f"at T = {ev['temperature']}, top-p = {ev['top_p']}; cons@{ev['k']} by majority vote.",
+    ]
     rs = results.get("rejection_sampling")
     if rs:
         kept = ", ".join(f"{k} {v['kept_fraction']:.2f}" for k, v in rs.items() if "kept_fraction" in v)
         data = rs["data"]
-        lines += ["", f"Rejection sampling, kept fraction per filter (in order): {kept}; "
-                      f"{data['num_reasoning']} reasoning + {data['num_non_reasoning']} non-reasoning rows."]
+        lines += [
+            "",
+            f"Rejection sampling, kept fraction per filter (in order): {kept}; "
+            f"{data['num_reasoning']} reasoning + {data['num_non_reasoning']} non-reasoning rows.",
+        ]
     rm = results.get("reward_model")
     if rm:
         init = rm.get("eval_init/pairwise_accuracy")
-        lines += ["", f"Reward model, held-out pairwise accuracy: {rm['eval/pairwise_accuracy']:.3f}"
-                      + (f" (before training {init:.3f})" if init is not None else "")
-                      + f" on {rm['data/num_eval_pairs']} pairs."]
+        lines += [
+            "",
+            f"Reward model, held-out pairwise accuracy: {rm['eval/pairwise_accuracy']:.3f}"
+            + (f" (before training {init:.3f})" if init is not None else "")
+            + f" on {rm['data/num_eval_pairs']} pairs.",
+        ]
     if results["comparisons"]:
         lines += [""] + [f"- {x}" for x in results["comparisons"]]
     srl = results["stages"].get("student_rl")
     if srl and srl.get("max_time_s") is not None:
-        lines += [f"- student RL budget {srl['max_time_s']:.0f} s (distill's stage wall time), "
-                  f"{srl.get('rl_steps')} GRPO steps"]
+        lines += [
+            f"- student RL budget {srl['max_time_s']:.0f} s (distill's stage wall time), "
+            f"{srl.get('rl_steps')} GRPO steps"
+        ]
     run = results["run"]
-    lines += ["", f"This invocation: {run['this_invocation_wall_time_s']:.0f} s, stages run: "
-                  f"{', '.join(run['stages_run']) or 'none'}; {run['machine_at_start']['cpus']} CPUs, load average "
-                  f"{run['machine_at_start']['load_average_1_5_15'][0]:.1f} at start, "
-                  f"{run['machine_at_end']['load_average_1_5_15'][0]:.1f} at end."]
+    lines += [
+        "",
+        f"This invocation: {run['this_invocation_wall_time_s']:.0f} s, stages run: "
+        f"{', '.join(run['stages_run']) or 'none'}; {run['machine_at_start']['cpus']} CPUs, load average "
+        f"{run['machine_at_start']['load_average_1_5_15'][0]:.1f} at start, "
+        f"{run['machine_at_end']['load_average_1_5_15'][0]:.1f} at end.",
+    ]
     return "\n".join(lines) + "\n"

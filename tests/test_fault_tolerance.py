@@ -43,7 +43,7 @@ from r1jax.trainers import grpo as grpo_trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 R1_ZERO = str(REPO / "experiments" / "r1_zero.py")
-NUM_STEPS = 6
+NUM_STEPS = 8
 RUN_TIMEOUT_S = 300
 
 REWARDS_MODULE = '''
@@ -244,29 +244,37 @@ def _tmp_dirs(workdir) -> set[str]:
     return set(glob.glob(os.path.join(_ckpt_dir(workdir), "*.orbax-checkpoint-tmp")))
 
 
+def _step_dirs(workdir) -> list[int]:
+    d = _ckpt_dir(workdir)
+    return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
+
+
 def _one_start(spec, workdir, overrides, env, log_path, mode, delay_s, expected_resume) -> dict:
-    """One start of the command, SIGKILLed per `mode` (or run to the end: 'finish'); what happened."""
+    """One start of the command, SIGKILLed per `mode` (or run to the end: 'finish'); what happened.
+
+    'startup': `delay_s` after the start (imports, compilation, restore or the first steps);
+    'step': `delay_s` s after this process committed a checkpoint; 'save': after this process committed a
+    checkpoint, the moment the next `<step>.orbax-checkpoint-tmp` directory appears (an async save in flight).
+    """
     offset = os.path.getsize(log_path) if os.path.exists(log_path) else 0
     done = expected_resume or 0
-    stale = _ledger_steps(workdir) > done  # ledger lines of a killed run, dropped by this one when it starts
-    tmp_before = _tmp_dirs(workdir)
 
     def log_text():
         with open(log_path, errors="replace") as f:
             f.seek(offset)
             return f.read()
 
-    def finished_a_step():
-        if stale and "ledger.jsonl: dropped" not in log_text():
-            return False
-        return _ledger_steps(workdir) > done
-
     proc = _popen(spec, workdir, overrides, env, log_path)
-    if mode == "save":
-        _wait_for(lambda: _tmp_dirs(workdir) - tmp_before, proc)
-    elif mode == "step":
-        _wait_for(finished_a_step, proc, poll_s=0.01)
+    tmp_before = set()
+    if mode == "startup":
         time.sleep(delay_s)
+    elif mode in ("step", "save"):
+        _wait_for(lambda: max(_step_dirs(workdir), default=0) > done, proc, poll_s=0.005)
+        tmp_before = _tmp_dirs(workdir)
+        if mode == "step":
+            time.sleep(delay_s)
+        else:
+            _wait_for(lambda: _tmp_dirs(workdir) - tmp_before, proc)
     killed = during_save = False
     if mode == "finish":
         assert proc.wait(timeout=RUN_TIMEOUT_S) == 0, log_text()[-4000:]
@@ -279,9 +287,8 @@ def _one_start(spec, workdir, overrides, env, log_path, mode, delay_s, expected_
 def _kill_campaign(spec, workdir, overrides, env, modes, seed) -> dict:
     """Run the same command over and over, SIGKILLing it per `modes`, then once to the end.
 
-    'save': the moment a new `<step>.orbax-checkpoint-tmp` directory appears (an async save in flight);
-    'step': a random delay (seeded) after this process finished its first step. After each kill the committed
-    steps are listed (a temporary is never among them), and the next start must resume from the newest of them.
+    Delays are seeded random. After each kill the committed steps are listed (a temporary is never among them,
+    every listed one is complete), and the next start must resume from the newest of them.
     """
     rng = random.Random(seed)
     overrides = [*overrides, "--config.debug.step_sleep_s=0.15"]
@@ -289,13 +296,15 @@ def _kill_campaign(spec, workdir, overrides, env, modes, seed) -> dict:
     stats = {"kills": 0, "kills_during_save": 0, "resumed_from": []}
     expected_resume = None
     for i, mode in enumerate([*modes, "finish"]):
-        out = _one_start(spec, workdir, overrides, env, log_path, mode, rng.uniform(0.0, 1.0), expected_resume)
+        delay_s = rng.uniform(0.5, 4.0) if mode == "startup" else rng.uniform(0.0, 0.5)
+        out = _one_start(spec, workdir, overrides, env, log_path, mode, delay_s, expected_resume)
         stats["kills"] += out["killed"]
         stats["kills_during_save"] += out["during_save"]
         text = out["log"]
         assert "is damaged" not in text, f"run {i} met a damaged (half-written?) checkpoint:\n{text[-3000:]}"
-        assert _resumed_step(text) == expected_resume, f"run {i} did not resume from step {expected_resume}"
-        stats["resumed_from"].append(expected_resume)
+        if mode != "startup":  # a process killed during its imports never got to restore anything
+            assert _resumed_step(text) == expected_resume, f"run {i} did not resume from step {expected_resume}"
+            stats["resumed_from"].append(expected_resume)
         committed = _committed_steps(workdir)
         for step in committed:  # listed steps are complete: every item committed
             for item in ("state", "data", "meta", "integrity"):
@@ -308,16 +317,19 @@ def test_kill_anywhere_resumes_bit_exact(tmp_path, spec, overrides, subprocess_e
     """3 SIGKILLs (one inside an async save); the restarted command ends with the uninterrupted run's results."""
     stats = _kill_campaign(spec, str(tmp_path / "run"), overrides, subprocess_env, ["save", "step", "step"], seed=0)
     compared = _assert_same_as_reference(str(tmp_path / "run"), reference["a"])
-    assert stats["kills"] >= 2 and stats["kills_during_save"] >= 1, stats
+    assert stats["kills"] == 3 and stats["kills_during_save"] >= 1, stats
+    resumed = stats["resumed_from"]  # every start after a kill resumed further along
+    assert resumed[0] is None and resumed[1] >= 1 and all(a < b for a, b in zip(resumed[1:], resumed[2:])), stats
     print("kill campaign:", stats, compared)
 
 
 @pytest.mark.slow
 def test_kill_anywhere_ten_times(tmp_path, spec, overrides, subprocess_env, reference):
-    modes = ["save", "step", "step", "save", "step", "save", "step", "step", "save", "step"]
+    """10 SIGKILLs: 5 after progress (3 inside an async save), 5 at random moments of start-up and first steps."""
+    modes = ["save", "startup", "step", "startup", "save", "startup", "step", "startup", "save", "startup"]
     stats = _kill_campaign(spec, str(tmp_path / "run"), overrides, subprocess_env, modes, seed=1)
     compared = _assert_same_as_reference(str(tmp_path / "run"), reference["a"])
-    assert stats["kills"] >= 8 and stats["kills_during_save"] >= 2, stats
+    assert stats["kills"] >= 9 and stats["kills_during_save"] >= 2, stats
     print("kill campaign (10):", stats, compared)
 
 
@@ -419,6 +431,16 @@ def test_damaged_latest_step_falls_back(tmp_path, caplog, damage):
     assert ckpt_lib.Checkpointer(str(tmp_path)).restore_latest(_abstract(_tiny_state(0)))[0] == 3
 
 
+def test_old_steps_leave_the_listing_in_one_rename(tmp_path):
+    """max_to_keep: old steps are renamed into deleting/ and removed there, so a kill in the middle of a deletion
+    never leaves a listed step with items missing; the next start clears what such a kill left."""
+    c = _save_steps(tmp_path, [1, 2, 3, 4], max_to_keep=2)
+    c.close()
+    assert c.all_steps() == [3, 4] and sorted(os.listdir(tmp_path)) == ["3", "4"]
+    (tmp_path / "deleting" / "2.123" / "state").mkdir(parents=True)  # as a kill during rmtree leaves it
+    assert ckpt_lib.Checkpointer(str(tmp_path)).all_steps() == [3, 4] and sorted(os.listdir(tmp_path)) == ["3", "4"]
+
+
 def test_orbax_alone_loads_a_flipped_byte(tmp_path):
     """Why the checksum exists: orbax restores a bit-flipped array file without complaint, with wrong values."""
     _save_steps(tmp_path, [1]).close()
@@ -442,19 +464,19 @@ def test_every_step_damaged_stops_with_a_clear_error(tmp_path):
 
 
 def test_trainer_falls_back_past_a_truncated_step(tmp_path, spec, overrides, subprocess_env, reference):
-    """The reference run's last checkpoints (4, 5, 6), step 6 truncated: the same command warns about step 6,
-    resumes from 5, redoes step 6 and ends with the uninterrupted run's params, metrics and ledger."""
+    """The reference run's last checkpoints (steps N-2, N-1, N), step N truncated: the same command warns about
+    step N, resumes from N-1, redoes step N and ends with the uninterrupted run's params, metrics and ledger."""
     workdir = tmp_path / "run"
     workdir.mkdir()
     shutil.copytree(_ckpt_dir(reference["a"]), _ckpt_dir(workdir))
     for name in ("ledger.jsonl", "metrics.jsonl"):
         shutil.copy(os.path.join(reference["a"], name), workdir / name)
-    assert _committed_steps(workdir) == [4, 5, 6]
-    for path in _array_files(_ckpt_dir(workdir), 6):
+    assert _committed_steps(workdir) == [NUM_STEPS - 2, NUM_STEPS - 1, NUM_STEPS]
+    for path in _array_files(_ckpt_dir(workdir), NUM_STEPS):
         _truncate(path)
     proc = _run(spec, workdir, overrides, subprocess_env)
-    assert "checkpoint step 6 is damaged" in proc.stderr
-    assert _resumed_step(proc.stderr) == 5
+    assert f"checkpoint step {NUM_STEPS} is damaged" in proc.stderr
+    assert _resumed_step(proc.stderr) == NUM_STEPS - 1
     _assert_same_as_reference(str(workdir), reference["a"])
 
 
@@ -493,49 +515,53 @@ def _write_model(src_dir, dst_dir, **changes):
         save_hf_checkpoint(init_model(model.cfg.replace(**changes), seed=1), str(dst_dir))
 
 
-def test_resume_with_changed_settings_is_refused(
-    tmp_path, spec, overrides, subprocess_env, tiny_base_model, closed_rewards
-):
-    model_dir = tmp_path / "model"
-    _write_model(tiny_base_model, model_dir)
-    workdir = tmp_path / "run"
-    base = [o for o in overrides if "model.checkpoint" not in o and "num_steps" not in o]
-    base += [f"--config.model.checkpoint={model_dir}", "--config.rl.num_steps=1", "--config.export=False"]
-    _run(spec, workdir, base, subprocess_env)
+@pytest.fixture(scope="module")
+def one_step_run(tmp_path_factory, spec, overrides, subprocess_env) -> tuple[str, list[str]]:
+    """A workdir with one committed step, and the command that made it."""
+    workdir = tmp_path_factory.mktemp("ft_one_step") / "run"
+    args = [o for o in overrides if "num_steps" not in o] + ["--config.rl.num_steps=1", "--config.export=False"]
+    _run(spec, workdir, args, subprocess_env)
     assert _committed_steps(workdir) == [1]
+    return str(workdir), args
 
+
+def test_resume_with_changed_settings_is_refused(tmp_path, spec, one_step_run, tiny_base_model, closed_rewards):
+    workdir, args = one_step_run
+    train_file = tmp_path / "train.jsonl"  # another data source: the same kind of prompts, from a file
+    task = grpo_trainer.tasks_lib.get_task("arithmetic")
+    train_file.write_text("".join(json.dumps(e.to_dict()) + "\n" for e in task.generate(16, seed=5)))
     changes = {
         "rl.group_size": (["--config.rl.group_size=2"], "rl.group_size: checkpoint has 4, config has 2"),
-        "data.task": (
-            ["--config.data.task=countdown"],
-            "data.task: checkpoint has 'arithmetic', config has 'countdown'",
+        "data.train_files": (
+            [f"--config.data.train_files={train_file}"],
+            f"data.train_files: checkpoint has [], config has ['{train_file}']",
         ),
     }
     for field, (extra, message) in changes.items():
         with pytest.raises(ckpt_lib.IncompatibleCheckpointError) as e:
-            grpo_trainer.train(_config(spec, [*base, *extra]), str(workdir))
+            grpo_trainer.train(_config(spec, [*args, *extra]), workdir)
         assert message in str(e.value) and "restart_from_weights" in str(e.value), field
-        assert [part for part in str(e.value).split("; ") if "checkpoint has" in part].__len__() == 1, str(e.value)
-    # the same path, now holding a model with 2 layers instead of 4
-    _write_model(tiny_base_model, model_dir, num_layers=2)
+        assert len([part for part in str(e.value).split("; ") if "checkpoint has" in part]) == 1, str(e.value)
+    # a model with 2 layers instead of 4 (its own directory, so model.checkpoint is named too)
+    other_model = tmp_path / "model"
+    _write_model(tiny_base_model, other_model, num_layers=2)
     with pytest.raises(ckpt_lib.IncompatibleCheckpointError, match=r"model_shape: .*'num_layers': 4.*'num_layers': 2"):
-        grpo_trainer.train(_config(spec, base), str(workdir))
-    assert _committed_steps(workdir) == [1]  # refusals touch nothing
+        grpo_trainer.train(_config(spec, [*args, f"--config.model.checkpoint={other_model}"]), workdir)
+    assert _committed_steps(workdir) == [1] and _ledger_steps(workdir) == 1  # refusals touch nothing
 
 
-def test_restart_from_weights(tmp_path, spec, overrides, subprocess_env, tiny_base_model):
+def test_restart_from_weights(tmp_path, spec, one_step_run, subprocess_env):
     """A changed data order (data.train_seed) with restart_from_weights: a new run from the checkpoint's params,
     step 0, fresh optimizer; the old steps are set aside at its first save; the same command rerun resumes it."""
     workdir = tmp_path / "run"
-    base = [o for o in overrides if "num_steps" not in o] + ["--config.rl.num_steps=1", "--config.export=False"]
-    _run(spec, workdir, base, subprocess_env)
+    shutil.copytree(one_step_run[0], workdir)
     old = _load_state(workdir, 1)
     new_args = [
-        *base,
+        *one_step_run[1],
         "--config.data.train_seed=7",
         "--config.checkpoint.restart_from_weights=True",
-        "--config.optim.learning_rate=1e-30",
-    ]  # so the new step 1 keeps the old weights bit for bit
+        "--config.optim.learning_rate=1e-30",  # so the new step 1 keeps the old weights bit for bit
+    ]
     proc = _run(spec, workdir, new_args, subprocess_env)
     assert "restart_from_weights" in proc.stderr and "data.train_seed: checkpoint has 1, config has 7" in proc.stderr
     assert _resumed_step(proc.stderr) is None
@@ -543,8 +569,8 @@ def test_restart_from_weights(tmp_path, spec, overrides, subprocess_env, tiny_ba
     new = _load_state(workdir, 1)
     assert _trees_equal(new["params"], old["params"])  # started from the checkpoint's weights (lr ≈ 0)
     assert not _trees_equal(new["opt_state"], old["opt_state"])  # a fresh optimizer, one update old
-    ledger = _ledger(workdir)
-    assert [r["step"] for r in ledger] == [1]  # the old run's ledger went to ledger.jsonl.dropped
+    assert [r["step"] for r in _ledger(workdir)] == [1]  # the old run's line went to ledger.jsonl.dropped
+    assert (workdir / "ledger.jsonl.dropped").read_text().count("\n") == 1
     rerun = _run(spec, workdir, new_args, subprocess_env)
     assert _resumed_step(rerun.stderr) == 1, rerun.stderr[-3000:]
     assert "restart_from_weights:" not in rerun.stderr
@@ -576,11 +602,15 @@ def test_nan_updates_are_skipped_counted_and_stop_the_run(tmp_path, spec, overri
     assert [int(s[k]["nonfinite_total"]) for k in range(2, 7)] == [0, 1, 1, 2, 3]
     assert int(s[6]["nonfinite_consecutive"]) == 2
     m = _metrics(workdir)
-    assert [m[k]["train/nonfinite_total"] for k in range(1, 6)] == [0, 0, 1, 1, 2]
-    assert [m[k]["train/update_skipped"] for k in range(1, 6)] == [0, 0, 1, 0, 1]
-    # the checkpoint it stopped with is usable: it restores, checksums verified, with finite params
-    found = ckpt_lib.Checkpointer(_ckpt_dir(workdir)).restore_latest(_abstract(s[6]))
-    assert found[0] == 6 and all(np.isfinite(x).all() for x in jax.tree.leaves(found[1]["params"]))
+    assert [m[k]["train/nonfinite_total"] for k in range(1, 7)] == [0, 0, 1, 1, 2, 3]
+    assert [m[k]["train/update_skipped"] for k in range(1, 7)] == [0, 0, 1, 0, 1, 1]
+    # the checkpoint it stopped with is usable: the same command resumes there (checksums verified) and finishes
+    resumed = _run(spec, workdir, args, subprocess_env)
+    assert _resumed_step(resumed.stderr) == 6 and "is damaged" not in resumed.stderr
+    m = _metrics(workdir)
+    assert sorted(m) == list(range(1, 9)) and [m[k]["train/update_skipped"] for k in (7, 8)] == [0, 0]
+    final = _load_state(workdir, 8)
+    assert int(final["step"]) == 5 and all(np.isfinite(x).all() for x in jax.tree.leaves(final["params"]))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -697,7 +727,7 @@ def test_trainer_on_save_error(tmp_path, spec, overrides, subprocess_env, on_err
     else:
         assert proc.returncode != 0 and "on_save_error='raise'" in proc.stderr
         assert _committed_steps(workdir) == [1]  # stopped at the next save; step 1 is intact
-        assert ckpt_lib.Checkpointer(_ckpt_dir(workdir)).restore_latest(_abstract(_load_state(workdir, 1)))[0] == 1
+        assert all(np.isfinite(x).all() for x in jax.tree.leaves(_load_state(workdir, 1)["params"]))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -86,10 +86,15 @@ def general_records(n: int, *, seed: int) -> list[dict]:
     for i in range(n):
         kind = KINDS[i % len(KINDS)] if i < len(KINDS) else rng.choice(KINDS)
         question, answer, reasoning = _make(kind, rng)
-        out.append({
-            "id": f"general-{seed}-{i}", "question": question, "answer": answer, "task": GENERAL_TASK,
-            "meta": {"kind": kind, "reasoning": reasoning},
-        })
+        out.append(
+            {
+                "id": f"general-{seed}-{i}",
+                "question": question,
+                "answer": answer,
+                "task": GENERAL_TASK,
+                "meta": {"kind": kind, "reasoning": reasoning},
+            }
+        )
     return out
 
 
@@ -113,8 +118,11 @@ def _wrong(answer: str, rng: random.Random) -> str:
         i = rng.choice(idx)
         chars[i] = str((int(chars[i]) + rng.randint(1, 9)) % 10)
     else:
-        letters = [i for i in range(len(chars) - 1) if chars[i].isalpha() and chars[i + 1].isalpha()
-                   and chars[i] != chars[i + 1]]
+        letters = [
+            i
+            for i in range(len(chars) - 1)
+            if chars[i].isalpha() and chars[i + 1].isalpha() and chars[i] != chars[i + 1]
+        ]
         i = rng.choice(letters)
         chars[i], chars[i + 1] = chars[i + 1], chars[i]
     return "".join(chars)
@@ -146,13 +154,24 @@ def preference_pairs(n: int, *, seed: int, summary_fraction: float = 0.5) -> lis
         chosen, rejected = helpful_response(record), rejected_response(record, kind, rng)
         if kind not in ("harmful_think", "unformatted") and rng.random() < summary_fraction:
             chosen, rejected = " " + summary_text(chosen), " " + summary_text(rejected)
-        out.append({"id": f"pref-{seed}-{i}", "prompt": record["question"], "chosen": chosen, "rejected": rejected,
-                    "kind": kind})
+        out.append(
+            {
+                "id": f"pref-{seed}-{i}",
+                "prompt": record["question"],
+                "chosen": chosen,
+                "rejected": rejected,
+                "kind": kind,
+            }
+        )
     return out
 
 
 def load_preference_pairs(
-    paths: str | Sequence[str], *, prompt_field="prompt", chosen_field="chosen", rejected_field="rejected",
+    paths: str | Sequence[str],
+    *,
+    prompt_field="prompt",
+    chosen_field="chosen",
+    rejected_field="rejected",
     on_error: str = "raise",
 ) -> list[dict]:
     """Pairs {id, prompt, chosen, rejected, kind=''} from local files; a malformed row names its file and line."""

@@ -73,10 +73,12 @@ def teacher_tokenizer_path(teacher_dir: str) -> str:
 def forward_kl(h_s_btd, w_s_dv, h_t_bte, w_t_ev, *, temperature: float):
     """KL(π_teacher ‖ π_student) per token (B, T), differentiable in the student; materialises both logits."""
     h_t_bte, w_t_ev = jax.lax.stop_gradient((h_t_bte, w_t_ev))
-    logp_s = jax.nn.log_softmax(jnp.einsum("btd,dv->btv", h_s_btd, w_s_dv, preferred_element_type=jnp.float32)
-                                / temperature, axis=-1)
-    logp_t = jax.nn.log_softmax(jnp.einsum("bte,ev->btv", h_t_bte, w_t_ev, preferred_element_type=jnp.float32)
-                                / temperature, axis=-1)
+    logp_s = jax.nn.log_softmax(
+        jnp.einsum("btd,dv->btv", h_s_btd, w_s_dv, preferred_element_type=jnp.float32) / temperature, axis=-1
+    )
+    logp_t = jax.nn.log_softmax(
+        jnp.einsum("bte,ev->btv", h_t_bte, w_t_ev, preferred_element_type=jnp.float32) / temperature, axis=-1
+    )
     return jnp.sum(jnp.exp(logp_t) * (logp_t - logp_s), axis=-1)
 
 
@@ -92,8 +94,9 @@ def _hidden(model, batch):
     return hidden
 
 
-def distill_loss(params, teacher_params, batch, *, graphdef, teacher_graphdef, kl_weight, direction, temperature,
-                 implementation):
+def distill_loss(
+    params, teacher_params, batch, *, graphdef, teacher_graphdef, kl_weight, direction, temperature, implementation
+):
     """(loss, metrics) on packed rows; see the module docstring. `teacher_params` is unused when kl_weight = 0."""
     student = common.merge(graphdef, params)
     h_s = _hidden(student, batch)
@@ -106,8 +109,15 @@ def distill_loss(params, teacher_params, batch, *, graphdef, teacher_graphdef, k
         return nll, {"distill/nll": nll}
     teacher = common.merge(teacher_graphdef, teacher_params)
     h_t = jax.lax.stop_gradient(_hidden(teacher, batch))
-    kl_bt = token_kl(h_s, w_s, h_t, jax.lax.stop_gradient(teacher.lm_head_weight()), direction=direction,
-                     temperature=temperature, implementation=implementation)
+    kl_bt = token_kl(
+        h_s,
+        w_s,
+        h_t,
+        jax.lax.stop_gradient(teacher.lm_head_weight()),
+        direction=direction,
+        temperature=temperature,
+        implementation=implementation,
+    )
     kl = (kl_bt * mask).sum() / denom
     return (1 - kl_weight) * nll + kl_weight * kl, {"distill/nll": nll, "distill/kl": kl}
 
@@ -153,8 +163,13 @@ def train(config, workdir: str) -> dict:
 
     records = sft.load_records(c)
     data_kw = dict(
-        encode=tokenizer.encode, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-        seq_len=c.seq_len, batch_size=c.batch_size, seed=c.seed, on_error=c.data.on_error,
+        encode=tokenizer.encode,
+        eos_id=tokenizer.eos_id,
+        pad_id=tokenizer.pad_id,
+        seq_len=c.seq_len,
+        batch_size=c.batch_size,
+        seed=c.seed,
+        on_error=c.data.on_error,
         fields=SFTFields(prompt=c.data.prompt_field, response=c.data.response_field),
     )
     data_it, data_stats = make_sft_iterator(records, **data_kw)
@@ -173,11 +188,17 @@ def train(config, workdir: str) -> dict:
     teacher_sh = None if teacher_params is None else jax.tree.map(lambda x: x.sharding, teacher_params)
     step_fn = jax.jit(
         functools.partial(
-            train_step, optimizer=optimizer, graphdef=graphdef, teacher_graphdef=teacher_graphdef,
-            kl_weight=float(c.distill.kl_weight), direction=c.distill.kl_direction,
-            temperature=float(c.distill.temperature), implementation=c.kernels.implementation,
+            train_step,
+            optimizer=optimizer,
+            graphdef=graphdef,
+            teacher_graphdef=teacher_graphdef,
+            kl_weight=float(c.distill.kl_weight),
+            direction=c.distill.kl_direction,
+            temperature=float(c.distill.temperature),
+            implementation=c.kernels.implementation,
         ),
-        in_shardings=(state_shardings, teacher_sh, batch_sh), out_shardings=(state_shardings, None),
+        in_shardings=(state_shardings, teacher_sh, batch_sh),
+        out_shardings=(state_shardings, None),
         donate_argnums=0,
     )
     writer = metrics_lib.MetricsWriter(workdir)
@@ -200,7 +221,8 @@ def train(config, workdir: str) -> dict:
     bar.close()
     checkpointer.close()
     writer.close()
-    ckpt_lib.export_model(common.merge(graphdef, jax.device_get(state.params)), tokenizer,
-                          os.path.join(workdir, "model"))
+    ckpt_lib.export_model(
+        common.merge(graphdef, jax.device_get(state.params)), tokenizer, os.path.join(workdir, "model")
+    )
     out = {k: float(v) for k, v in m.items()} | {"data/" + k: v for k, v in data_stats.items()}
     return out | {"student/num_params": student.cfg.num_params(), "perf/wall_time_s": time.perf_counter() - t_start}

@@ -575,6 +575,7 @@ def train(config, workdir: str) -> dict:
                 "perf/tokens_per_s": n_tokens / max(t_train - t0, 1e-9),
             })
             if int(m["train/nonfinite_total"]) and int(jax.device_get(state.nonfinite_consecutive)) >= c.optim.max_consecutive_nonfinite:
+                writer.write(step, m)  # the record of the step that stops the run, like that of every other step
                 checkpointer.save(step, common.state_to_dict(state), data_it.get_state(), identity)
                 checkpointer.close()
                 raise FloatingPointError(

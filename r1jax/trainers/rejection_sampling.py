@@ -173,7 +173,9 @@ def filter_samples(samples: list[dict], f, *, prefix: str = "", format_mode: str
             current = [s for s in current if not checks[name](s)]
         stats[name] = {"in": before, "kept": len(current), "kept_fraction": len(current) / before if before else 0.0}
     stats["total"] = {
-        "in": len(samples), "kept": len(current), "kept_fraction": len(current) / len(samples) if samples else 0.0,
+        "in": len(samples),
+        "kept": len(current),
+        "kept_fraction": len(current) / len(samples) if samples else 0.0,
         "prompts": len({s["prompt_id"] for s in samples}),
         "prompts_with_a_kept_sample": len({s["prompt_id"] for s in current}),
     }
@@ -225,12 +227,21 @@ def sample_all(c, records: list[dict], workdir: str) -> list[dict]:
         graphdef, params, _ = common.split_model(model)
         params = jax.device_put(params, sharding.replicated(mesh))
         cfg = sampling.SamplingConfig(
-            num_samples=M, max_new_tokens=c.sampling.max_new_tokens, temperature=c.sampling.temperature,
-            top_p=c.sampling.top_p, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+            num_samples=M,
+            max_new_tokens=c.sampling.max_new_tokens,
+            temperature=c.sampling.temperature,
+            top_p=c.sampling.top_p,
+            eos_id=tokenizer.eos_id,
+            pad_id=tokenizer.pad_id,
         )
         accuracy = make_reward_fn(
-            [RewardSpec("accuracy", timeout_s=c.rewards.timeout_s,
-                        kwargs={"extract": tuple(c.rewards.answer_extract), "prefix": c.response_prefix})],
+            [
+                RewardSpec(
+                    "accuracy",
+                    timeout_s=c.rewards.timeout_s,
+                    kwargs={"extract": tuple(c.rewards.answer_extract), "prefix": c.response_prefix},
+                )
+            ],
             num_processes=c.rewards.num_processes,
         )
         base_rng = jax.random.PRNGKey(c.seed)
@@ -245,11 +256,19 @@ def sample_all(c, records: list[dict], workdir: str) -> list[dict]:
                 recs = [r for r in chunk for _ in range(M)]
                 scored = accuracy([r["question"] for r in recs], completions, recs)
                 lengths = np.asarray(rollout.lengths_b)[:n]
-                _write_jsonl(paths[i], [
-                    {"prompt_id": r["id"], "question": r["question"], "response": comp,
-                     "correct": bool(ok == 1.0), "length": int(n_tok)}
-                    for r, comp, ok, n_tok in zip(recs, completions, scored.per_reward["accuracy"], lengths)
-                ])
+                _write_jsonl(
+                    paths[i],
+                    [
+                        {
+                            "prompt_id": r["id"],
+                            "question": r["question"],
+                            "response": comp,
+                            "correct": bool(ok == 1.0),
+                            "length": int(n_tok),
+                        }
+                        for r, comp, ok, n_tok in zip(recs, completions, scored.per_reward["accuracy"], lengths)
+                    ],
+                )
         finally:
             accuracy.close()
     return [s for p in paths for s in _read_jsonl(p)]
@@ -261,8 +280,10 @@ def non_reasoning_records(c, num_reasoning: int) -> list[dict]:
         return []
     if nr.source == "files":
         fields = SFTFields(prompt=nr.prompt_field, response=nr.response_field)
-        return [{"id": r["id"], "prompt": r["prompt"], "response": r["response"]}
-                for r in load_sft_records(list(nr.files), fields)]
+        return [
+            {"id": r["id"], "prompt": r["prompt"], "response": r["response"]}
+            for r in load_sft_records(list(nr.files), fields)
+        ]
     n = max(int(round(nr.fraction / (1 - nr.fraction) * num_reasoning)), nr.min_examples)
     return preferences.non_reasoning_records(n, seed=nr.seed, template=c.template)
 
@@ -279,8 +300,12 @@ def run(config, workdir: str) -> dict:
         s["prompt"] = apply_template(s["question"], c.template)
     kept, stats = filter_samples(samples, c.filters, prefix=c.response_prefix, format_mode=c.rewards.format_mode)
     reasoning = [
-        {"id": f"rs-{i}-{s['prompt_id']}", "prompt": s["prompt"], "response": c.response_prefix + s["response"],
-         "source": "reasoning"}
+        {
+            "id": f"rs-{i}-{s['prompt_id']}",
+            "prompt": s["prompt"],
+            "response": c.response_prefix + s["response"],
+            "source": "reasoning",
+        }
         for i, s in enumerate(kept)
     ]
     general = [r | {"source": "non_reasoning"} for r in non_reasoning_records(c, len(reasoning))]
@@ -293,7 +318,9 @@ def run(config, workdir: str) -> dict:
         )
     lengths = np.array([s["length"] for s in samples], np.float64)
     stats["data"] = {
-        "num_reasoning": len(reasoning), "num_non_reasoning": len(general), "num_rows": len(rows),
+        "num_reasoning": len(reasoning),
+        "num_non_reasoning": len(general),
+        "num_rows": len(rows),
         "mean_sample_length": float(lengths.mean()) if len(lengths) else 0.0,
         "accuracy_of_samples": float(np.mean([s["correct"] for s in samples])) if samples else 0.0,
         "wall_time_s": time.perf_counter() - t0,

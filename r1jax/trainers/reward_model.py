@@ -101,12 +101,20 @@ def load_pairs(c) -> tuple[list[dict], list[dict]]:
     if d.source == "builtin":
         pairs = preferences.preference_pairs(d.num_pairs, seed=d.seed, summary_fraction=d.summary_fraction)
     else:
-        kw = dict(prompt_field=d.prompt_field, chosen_field=d.chosen_field, rejected_field=d.rejected_field,
-                  on_error=d.on_error)
+        kw = dict(
+            prompt_field=d.prompt_field,
+            chosen_field=d.chosen_field,
+            rejected_field=d.rejected_field,
+            on_error=d.on_error,
+        )
         pairs = preferences.load_preference_pairs(list(d.files), **kw)
     if d.eval_files:
-        kw = dict(prompt_field=d.prompt_field, chosen_field=d.chosen_field, rejected_field=d.rejected_field,
-                  on_error=d.on_error)
+        kw = dict(
+            prompt_field=d.prompt_field,
+            chosen_field=d.chosen_field,
+            rejected_field=d.rejected_field,
+            on_error=d.on_error,
+        )
         return pairs, preferences.load_preference_pairs(list(d.eval_files), **kw)
     pairs = list(pairs)
     random.Random(d.seed).shuffle(pairs)
@@ -188,8 +196,12 @@ def train_step(state, batch, *, graphdef, optimizer):
 
     (loss, r_b), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state, m = common.apply_gradients(state, grads, loss, optimizer)
-    return state, {"rm/loss": loss, "rm/accuracy": pairwise_accuracy(r_b[:, 0], r_b[:, 1]),
-                   "rm/margin": jnp.mean(r_b[:, 0] - r_b[:, 1]), **m}
+    return state, {
+        "rm/loss": loss,
+        "rm/accuracy": pairwise_accuracy(r_b[:, 0], r_b[:, 1]),
+        "rm/margin": jnp.mean(r_b[:, 0] - r_b[:, 1]),
+        **m,
+    }
 
 
 def create_state(model, head, optimizer, mesh, seed: int):
@@ -204,9 +216,12 @@ def create_state(model, head, optimizer, mesh, seed: int):
     )
     scalar = lambda v: jax.device_put(jnp.asarray(v, jnp.int32), rep)
     state = common.TrainState(
-        step=scalar(0), params=params, opt_state=opt_state,
+        step=scalar(0),
+        params=params,
+        opt_state=opt_state,
         rng=jax.device_put(jax.random.key_data(jax.random.PRNGKey(seed)), rep),
-        nonfinite_consecutive=scalar(0), nonfinite_total=scalar(0),
+        nonfinite_consecutive=scalar(0),
+        nonfinite_total=scalar(0),
     )
     return graphdef, state, jax.tree.map(lambda x: x.sharding, state)
 
@@ -269,7 +284,9 @@ def train(config, workdir: str) -> dict:
     batch_sh = {"tokens_bt": sharding.batch_sharding(mesh, 2), "lengths_b": sharding.batch_sharding(mesh, 1)}
     step_fn = jax.jit(
         functools.partial(train_step, graphdef=graphdef, optimizer=optimizer),
-        in_shardings=(state_shardings, batch_sh), out_shardings=(state_shardings, None), donate_argnums=0,
+        in_shardings=(state_shardings, batch_sh),
+        out_shardings=(state_shardings, None),
+        donate_argnums=0,
     )
     score_fn = jax.jit(functools.partial(rewards, graphdef=graphdef))
     kinds = [p.get("kind", "") for p in eval_pairs]
@@ -351,8 +368,9 @@ class RewardModelScorer:
             while length < longest:
                 length *= 2
             length = max(min(length, self.seq_len), longest)
-            tokens, lengths = pad_rows(chunk + [chunk[0]] * (self.batch_size - len(chunk)), length,
-                                       self.tokenizer.pad_id)
+            tokens, lengths = pad_rows(
+                chunk + [chunk[0]] * (self.batch_size - len(chunk)), length, self.tokenizer.pad_id
+            )
             with self._lock:
                 scores = np.asarray(self._score(self.params, tokens, lengths))
             out.extend(float(s) for s in scores[: len(chunk)])
