@@ -5,7 +5,8 @@ import os
 import nbformat
 from nbclient import NotebookClient
 
-NOTEBOOK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "colab", "r1_zero_quickstart.ipynb")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOK = os.path.join(REPO, "colab", "r1_zero_quickstart.ipynb")
 
 
 def test_quickstart_notebook_executes(tmp_path, monkeypatch):

@@ -45,7 +45,8 @@ def pretraining_records(
     for ex in task.generate(n, seed=seed, difficulty=difficulty):
         reasoning, answer = task.noisy_solution(ex, rng, error_rate)
         render = tagged_response if rng.random() < format_rate else plain_response
-        out.append({"id": ex.id, "prompt": apply_template(ex.question, template), "response": render(reasoning, answer)})
+        prompt = apply_template(ex.question, template)
+        out.append({"id": ex.id, "prompt": prompt, "response": render(reasoning, answer)})
     return out
 
 

@@ -1,6 +1,6 @@
 """A reward worker process (`python -m r1jax.rewards._worker`), driven by `workers.ProcessPool` over stdin/stdout.
 
-Protocol (length-prefixed pickles): the parent sends (sys.path, modules to warm up);
+Protocol (length-prefixed JSON): the parent sends (sys.path, modules to warm up);
 the worker replies ('ready', None); then per call the parent sends
 (function name, args, kwargs) and the worker replies ('ok', value) or
 ('error', 'Type: message'). The worker exits when its parent does.
@@ -51,7 +51,7 @@ def main() -> None:
             result = ("error", f"{type(e).__name__}: {e}")
         try:
             _write_frame(fd_out, result)
-        except Exception as e:  # e.g. an unpicklable return value
+        except Exception as e:  # e.g. a return value JSON cannot carry
             _write_frame(fd_out, ("error", f"reward result could not be sent: {type(e).__name__}: {e}"))
 
 

@@ -18,7 +18,7 @@ goes on.
 
 Executors: 'process' (worker processes, killed on timeout: the default for
 accuracy, since math-verify / sympy can hang), 'thread' (daemon threads,
-abandoned on timeout: fast trusted code, and callables that cannot be pickled
+abandoned on timeout: fast trusted code, and callables that cannot cross a process boundary
 such as a reward-model scorer), 'inline' (no timeout; for tests and debugging).
 """
 

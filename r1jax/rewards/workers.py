@@ -24,8 +24,8 @@ from __future__ import annotations
 import atexit
 import collections
 import concurrent.futures
+import json
 import os
-import pickle
 import queue
 import select
 import struct
@@ -102,8 +102,16 @@ class ThreadRunner:
 # ----------------------------------------------------------------------------- processes
 
 
+def _to_json(obj: Any) -> Any:
+    """numpy scalars and arrays (lengths, masks) as plain JSON; anything else is a protocol error."""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"reward worker protocol: cannot send a {type(obj).__name__}")
+
+
 def _write_frame(fd: int, obj: Any) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    # JSON, not pickle: nothing that crosses the pipe can run code when it is read.
+    data = json.dumps(obj, default=_to_json).encode()
     data = _HEADER.pack(len(data)) + data
     while data:
         data = data[os.write(fd, data) :]
@@ -125,7 +133,7 @@ def _read_frame(fd: int) -> Any:
     if header is None:
         return None
     data = _read_exact(fd, _HEADER.unpack(header)[0])
-    return None if data is None else pickle.loads(data)
+    return None if data is None else json.loads(data)
 
 
 class _Worker:
@@ -234,7 +242,7 @@ class ProcessPool:
                         i = pending.popleft()
                         try:
                             w.send(calls[i])
-                        except (BrokenPipeError, pickle.PicklingError, TypeError, AttributeError) as e:
+                        except (BrokenPipeError, TypeError, ValueError, AttributeError) as e:
                             results[i] = ("error", f"could not send call to reward worker: {e}")
                             if isinstance(e, BrokenPipeError):
                                 self._replace(w)

@@ -22,7 +22,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from r1jax import checkpoint as ckpt_lib
@@ -32,226 +31,23 @@ from r1jax.data import preferences
 from r1jax.data import tasks as tasks_lib
 from r1jax.data.pipeline import make_prompt_iterator
 from r1jax.data.sources import PromptFields, load_prompts
-from r1jax.models import config_from_hf, get_preset
-from r1jax.rewards import RewardSpec, make_reward_fn
+from r1jax.rewards.routing import RoutedRewards, make_rewards  # noqa: F401  (RoutedRewards: part of the API)
 from r1jax.tokenizer import apply_template
 from r1jax.trainers import common
+from r1jax.trainers.grpo_config import (  # noqa: F401  (the config API, re-exported for experiment files)
+    check_context,
+    checkpoint_config,
+    data_config,
+    eval_config,
+    grpo_config,
+    model_max_seq_len,
+    rewards_config,
+    rl_config,
+    sampling_config,
+    validate,
+)
 
 log = logging.getLogger(__name__)
-
-# ---------------------------------------------------------------------------------------------------------------
-# Config sections (declared once; experiment files set their values)
-
-
-def rl_config(**overrides) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.group_size = 8  # G, completions per prompt
-    c.prompts_per_step = 16  # P, so B = P·G completions per rollout batch
-    c.num_steps = 100  # rollout batches
-    c.mu = 1  # μ, optimizer updates per rollout batch (μ = 1: ratio ≡ 1, no old-log-prob pass)
-    c.beta = 0.0  # β, k3 KL coefficient (0 skips the reference forward entirely)
-    c.epsilon_low = 0.2  # ε_low
-    c.epsilon_high = 0.2  # ε_high (DAPO clip-higher: 0.28)
-    c.loss_type = "dapo"  # 'grpo' | 'dapo' | 'dr_grpo' | 'bnpo' (see r1jax/grpo.py)
-    c.scale_rewards = "group"  # 'group' | 'batch' | 'none' (Dr. GRPO)
-    c.adv_eps = 1e-4
-    c.importance_sampling_level = "token"  # 'token' | 'sequence'
-    c.kl_bias_correction = False  # weight k3 by the ratio (DeepSeek-V3.2); R1 used plain k3
-    c.mask_truncated = False  # drop completions without EOS from the loss
-    c.dynamic_sampling = False  # DAPO: drop zero-spread groups, refill from further prompts
-    c.max_resample_rounds = 2  # cap on extra sampling rounds per step with dynamic_sampling
-    c.max_time_s = 0.0  # > 0: stop (save, evaluate, export) once the loop has run this long (wall-time budgets)
-    c.update(overrides)
-    return c
-
-
-def sampling_config(**overrides) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.temperature = 1.0  # rollouts sample from π_θ at this temperature; log-probs use the same one
-    c.top_p = 1.0
-    c.top_k = 0
-    c.max_new_tokens = 256
-    c.max_prompt_len = 256  # longer prompts are refused when the data is read
-    c.prompt_bucket = 32  # prompts are left-padded to bucket·2^k tokens: few shapes, few compilations
-    c.update(overrides)
-    return c
-
-
-def data_config(**overrides) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.task = "arithmetic"  # built-in task (r1jax.data.tasks) or 'gym:<reasoning_gym name>'; scores answers
-    c.difficulty = 1
-    c.num_train = 20_000  # built-in task: generated training prompts
-    c.num_eval = 128  # built-in task: held-out prompts
-    c.num_general = 0  # built-in general prompts (r1jax.data.preferences) mixed into training (paper 2.3.4)
-    c.general_seed = 17
-    c.train_seed = 1
-    c.eval_seed = 2  # a different seed: a disjoint held-out split
-    c.train_files = ()  # JSONL / Parquet / ArrayRecord; replaces the built-in task's training prompts
-    c.eval_files = ()
-    c.question_field = "question"
-    c.answer_field = "answer"
-    c.id_field = "id"
-    c.on_error = "raise"  # malformed rows: 'raise' (file and line named) or 'skip' (counted)
-    c.update(overrides)
-    return c
-
-
-def eval_config(**overrides) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.every = 0  # steps between held-out evaluations (0 = only at the end)
-    c.num_prompts = 64
-    c.num_samples = 4  # k for pass@1 (mean over k samples) and cons@k
-    c.temperature = 0.6  # the paper's protocol: T = 0.6, top-p = 0.95
-    c.top_p = 0.95
-    c.greedy = True  # also greedy accuracy
-    c.update(overrides)
-    return c
-
-
-def checkpoint_config(**overrides) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.every = 50  # steps between saves (also saved at the end and on SIGTERM)
-    c.max_to_keep = 3
-    c.async_save = True
-    c.on_save_error = "raise"  # 'raise' or 'continue' (previous checkpoint kept)
-    c.restart_from_weights = False  # resume a workdir whose settings changed: weights only, a new run
-    c.update(overrides)
-    return c
-
-
-def rewards_config(**overrides) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    # name -> weight, summed: accuracy | format | language | overlong | code | 'module:function'
-    c.weights = ml_collections.ConfigDict({"accuracy": 1.0, "format": 0.5})
-    c.answer_extract = ("answer_tag",)  # where the final answer must be (R1: a specified format)
-    c.format_mode = "strict"  # 'strict' | 'lenient'
-    c.language = "en"  # target language of the language-consistency reward (paper 2.3.2)
-    c.overlong_buffer = 64  # DAPO soft overlong punishment over the last N tokens (when 'overlong' is weighted)
-    c.timeout_s = 10.0  # per completion and reward; a timeout or error makes the completion unscorable
-    c.num_processes = 2  # worker processes for rewards that may hang (math-verify)
-    # General prompts (task 'general') get these instead of `weights` (paper 2.3.4): 'helpfulness' (the reward
-    # model on the summary, the text after </think>) and 'harmlessness' (the reward model on the whole response).
-    c.general_weights = ml_collections.ConfigDict({})
-    c.reward_model = ""  # a reward_model export (trainers/reward_model.py), needed by general_weights
-    c.reward_model_timeout_s = 300.0  # per batch (the first call compiles)
-    c.update(overrides)
-    return c
-
-
-def grpo_config() -> ml_collections.ConfigDict:
-    """Every field the GRPO trainer reads, with defaults; experiment files change values, never add fields."""
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.model = common.model_config()
-    c.tokenizer = common.tokenizer_config()
-    c.template = "r1_zero"  # r1jax.tokenizer.TEMPLATES
-    c.response_prefix = ""  # text forced at the start of every completion (e.g. '<think>')
-    c.data = data_config()
-    c.rl = rl_config()
-    c.sampling = sampling_config()
-    c.rewards = rewards_config()
-    c.optim = common.optimizer_config()
-    c.mesh = ml_collections.ConfigDict({"shape": (-1, 1, 1)})  # ('data', 'fsdp', 'tensor'); -1 = the rest
-    c.kernels = ml_collections.ConfigDict({"implementation": "auto"})  # 'auto' | 'xla' | 'chunked' | 'pallas'
-    c.checkpoint = checkpoint_config()
-    c.eval = eval_config()
-    c.log_every = 1
-    c.export = True  # write WORKDIR/model (HF safetensors + tokenizer) at the end, for the next stage
-    # stop_after_steps: save and return after this many steps of this process, as on SIGTERM (0 = off; resume tests)
-    c.debug = ml_collections.ConfigDict({"inject_nan_steps": (), "step_sleep_s": 0.0, "stop_after_steps": 0})
-    return c
-
-
-def validate(c, num_devices: int | None = None) -> None:
-    """Every check that can fail before compiling; errors name the field and value."""
-    rl, s = c.rl, c.sampling
-    if rl.group_size < 2:
-        raise ValueError(f"rl.group_size={rl.group_size}: GRPO needs at least 2 samples per prompt")
-    if rl.prompts_per_step < 1:
-        raise ValueError(f"rl.prompts_per_step={rl.prompts_per_step}: must be >= 1")
-    if rl.num_steps < 1:
-        raise ValueError(f"rl.num_steps={rl.num_steps}: must be >= 1")
-    if rl.mu < 1:
-        raise ValueError(f"rl.mu={rl.mu}: must be >= 1")
-    if rl.beta < 0:
-        raise ValueError(f"rl.beta={rl.beta}: must be >= 0")
-    for name in ("epsilon_low", "epsilon_high"):
-        if not 0 < rl[name] < 1:
-            raise ValueError(f"rl.{name}={rl[name]}: must be in (0, 1)")
-    for name, allowed in (
-        ("loss_type", grpo.LOSS_TYPES),
-        ("scale_rewards", grpo.SCALE_REWARDS),
-        ("importance_sampling_level", grpo.IMPORTANCE_SAMPLING_LEVELS),
-    ):
-        if rl[name] not in allowed:
-            raise ValueError(f"rl.{name}={rl[name]!r}: expected one of {allowed}")
-    if s.temperature <= 0:
-        raise ValueError(f"sampling.temperature={s.temperature}: must be > 0 for RL rollouts")
-    if not 0 < s.top_p <= 1:
-        raise ValueError(f"sampling.top_p={s.top_p}: must be in (0, 1]")
-    if s.max_new_tokens < 1 or s.max_prompt_len < 1:
-        raise ValueError(f"sampling.max_new_tokens={s.max_new_tokens}, max_prompt_len={s.max_prompt_len}: must be >= 1")
-    if c.eval.num_samples < 1:
-        raise ValueError(f"eval.num_samples={c.eval.num_samples}: must be >= 1")
-    if c.kernels.implementation not in ("auto", "xla", "chunked", "pallas"):
-        raise ValueError(f"kernels.implementation={c.kernels.implementation!r}: expected auto | xla | chunked | pallas")
-    common.validate_optimizer(c.optim)
-    mesh_shape = sharding.resolve_mesh_shape(c.mesh.shape, num_devices)
-    dp = mesh_shape[0] * mesh_shape[1]
-    batch = rl.prompts_per_step * rl.group_size
-    if rl.prompts_per_step % dp:
-        raise ValueError(
-            f"rl.prompts_per_step={rl.prompts_per_step}: not divisible by the data-parallel size {dp} "
-            f"(mesh.shape={tuple(mesh_shape)})"
-        )
-    if batch % dp:
-        raise ValueError(f"batch P·G={batch}: not divisible by the data-parallel size {dp}")
-    if not c.data.train_files:
-        tasks_lib.get_task(c.data.task)  # raises naming the task when unknown
-    for f in tuple(c.data.train_files) + tuple(c.data.eval_files):
-        if not os.path.exists(f):
-            raise ValueError(f"data.train_files/eval_files: no such file {f!r}")
-    for name in c.rewards.general_weights:
-        if name not in GENERAL_REWARDS:
-            raise ValueError(f"rewards.general_weights.{name}: expected names in {GENERAL_REWARDS}")
-    if c.rewards.general_weights and not c.rewards.reward_model:
-        raise ValueError("rewards.reward_model='': rewards.general_weights needs a reward model export directory")
-    if c.data.num_general and not c.rewards.general_weights:
-        raise ValueError(f"data.num_general={c.data.num_general}: general prompts need rewards.general_weights")
-    if not c.model.checkpoint and not c.tokenizer.path:
-        raise ValueError(
-            "model.checkpoint='': GRPO starts from a base model; pass --config.model.checkpoint=PATH (a stage-0 "
-            "export or a local Hugging Face checkpoint directory)"
-        )
-    if c.model.checkpoint and not os.path.isdir(c.model.checkpoint):
-        raise ValueError(
-            f"model.checkpoint={c.model.checkpoint!r}: no such directory; pass a local checkpoint with "
-            "--config.model.checkpoint=PATH"
-        )
-
-
-def model_max_seq_len(mc) -> int | None:
-    """The model's context length from its config alone (the checkpoint's config.json, or the preset), so that
-    `check_context` fails before any weights are read or anything compiles; None when there is no config.json
-    (loading then fails with its own message)."""
-    if not mc.checkpoint:
-        return get_preset(mc.preset).max_seq_len
-    path = os.path.join(mc.checkpoint, "config.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return config_from_hf(json.load(f)).max_seq_len
-
-
-def check_context(c, max_seq_len: int) -> None:
-    need = c.sampling.max_prompt_len + c.sampling.max_new_tokens
-    if need > max_seq_len:
-        raise ValueError(
-            f"sampling.max_prompt_len + sampling.max_new_tokens = {need} exceeds the model's context "
-            f"max_seq_len={max_seq_len}"
-        )
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Data
@@ -264,80 +60,16 @@ def load_splits(c):
     if c.data.train_files:
         train = load_prompts(list(c.data.train_files), fields, on_error=c.data.on_error)
     else:
-        train = [e.to_dict() for e in task.generate(c.data.num_train, seed=c.data.train_seed, difficulty=c.data.difficulty)]
+        generated = task.generate(c.data.num_train, seed=c.data.train_seed, difficulty=c.data.difficulty)
+        train = [e.to_dict() for e in generated]
     if c.data.num_general:
         train = list(train) + preferences.general_records(c.data.num_general, seed=c.data.general_seed)
     if c.data.eval_files:
         evals = list(load_prompts(list(c.data.eval_files), fields, on_error=c.data.on_error))
     else:
-        evals = [e.to_dict() for e in task.generate(c.data.num_eval, seed=c.data.eval_seed, difficulty=c.data.difficulty)]
+        generated = task.generate(c.data.num_eval, seed=c.data.eval_seed, difficulty=c.data.difficulty)
+        evals = [e.to_dict() for e in generated]
     return train, evals, task
-
-
-GENERAL_REWARDS = ("helpfulness", "harmlessness")
-
-
-def make_rewards(rc, response_prefix: str, max_new_tokens: int):
-    """The composed, timeout-guarded reward function from the `rewards` config section (routed by prompt kind
-    when `general_weights` is set)."""
-    kwargs = {
-        "accuracy": {"extract": tuple(rc.answer_extract), "prefix": response_prefix},
-        "format": {"mode": rc.format_mode, "prefix": response_prefix},
-        "language": {"language": rc.language, "prefix": response_prefix},
-        "overlong": {"max_length": max_new_tokens, "buffer": rc.overlong_buffer},
-    }
-    specs = [
-        RewardSpec(name, weight=float(w), timeout_s=rc.timeout_s, kwargs=kwargs.get(name, {}))
-        for name, w in rc.weights.items()
-    ]
-    reasoning = make_reward_fn(specs, num_processes=rc.num_processes)
-    if not rc.general_weights:
-        return reasoning
-    from r1jax.trainers.reward_model import RewardModelScorer
-
-    scorer = RewardModelScorer(rc.reward_model)
-    general = make_reward_fn([
-        RewardSpec("reward_model", weight=float(w), timeout_s=rc.reward_model_timeout_s, key=name,
-                   kwargs={"scorer": scorer, "summary_only": name == "helpfulness"})
-        for name, w in rc.general_weights.items()
-    ])
-    return RoutedRewards(reasoning, general)
-
-
-class RoutedRewards:
-    """Rule rewards for reasoning prompts, reward-model rewards for general ones (record task == 'general').
-
-    Same call as a RewardFunction. Each prompt's G samples share its route, so group advantages compare like with
-    like. Stats are those of each route, prefixed: reward/reasoning/..., reward/general/...
-    """
-
-    def __init__(self, reasoning, general):
-        self.reasoning, self.general = reasoning, general
-
-    def close(self) -> None:
-        self.reasoning.close()
-        self.general.close()
-
-    def __call__(self, prompts, completions, examples, *, lengths=None):
-        from r1jax.rewards.compose import RewardBatch
-
-        n = len(completions)
-        is_general = np.array([e.get("task") == preferences.GENERAL_TASK for e in examples], bool)
-        rewards, valid, per, stats = np.zeros((n,), np.float32), np.ones((n,), bool), {}, {}
-        for route, fn, sel in (("reasoning", self.reasoning, ~is_general), ("general", self.general, is_general)):
-            idx = np.flatnonzero(sel)
-            stats[f"reward/{route}/fraction"] = len(idx) / max(n, 1)
-            if not len(idx):
-                continue
-            out = fn([prompts[i] for i in idx], [completions[i] for i in idx], [examples[i] for i in idx],
-                     lengths=None if lengths is None else [lengths[i] for i in idx])
-            rewards[idx], valid[idx] = out.rewards, out.valid
-            for k, v in out.per_reward.items():
-                per.setdefault(k, np.full((n,), np.nan, np.float32))[idx] = v
-            stats.update({k.replace("reward/", f"reward/{route}/", 1).replace("perf/", f"perf/{route}_", 1): v
-                          for k, v in out.stats.items()})
-        stats["reward/valid_frac"] = float(valid.mean()) if n else 1.0
-        return RewardBatch(rewards, per, stats, valid)
 
 
 def encode_prompts(tokenizer, records, template: str, response_prefix: str, max_len: int) -> list[list[int]]:
@@ -562,7 +294,7 @@ def train(config, workdir: str) -> dict:
             m.update({
                 "rl/reward_mean": float(rewards_pg[valid_pg].mean()) if valid_pg.any() else float("nan"),
                 "rl/reward_std": float(rewards_pg[valid_pg].std()) if valid_pg.any() else float("nan"),
-                "rl/zero_spread_groups": float(grpo.zero_spread_fraction(jnp.asarray(rewards_pg), jnp.asarray(valid_pg))),
+                "rl/zero_spread_groups": float(grpo.zero_spread_fraction(rewards_pg, valid_pg)),
                 "rl/completion_length_mean": float(lengths.mean()),
                 "rl/completion_length_max": float(lengths.max()),
                 "rl/truncated_fraction": float(truncated.mean()),
@@ -574,12 +306,13 @@ def train(config, workdir: str) -> dict:
                 "perf/train_time_s": t_train - t_logps,
                 "perf/tokens_per_s": n_tokens / max(t_train - t0, 1e-9),
             })
-            if int(m["train/nonfinite_total"]) and int(jax.device_get(state.nonfinite_consecutive)) >= c.optim.max_consecutive_nonfinite:
+            consecutive = int(jax.device_get(state.nonfinite_consecutive))
+            if consecutive >= c.optim.max_consecutive_nonfinite:
                 writer.write(step, m)  # the record of the step that stops the run, like that of every other step
                 checkpointer.save(step, common.state_to_dict(state), data_it.get_state(), identity)
                 checkpointer.close()
                 raise FloatingPointError(
-                    f"{int(jax.device_get(state.nonfinite_consecutive))} consecutive non-finite updates at step "
+                    f"{consecutive} consecutive non-finite updates at step "
                     f"{step} (optim.max_consecutive_nonfinite={c.optim.max_consecutive_nonfinite}); params and "
                     f"optimizer state of the last finite update are saved in {checkpointer.directory}"
                 )

@@ -194,5 +194,6 @@ def train(config, workdir: str) -> dict:
     checkpointer.close()
     writer.close()
     metrics_lib.plot_curves(metrics_lib.read_history(workdir), ["sft/loss"], os.path.join(workdir, "curves.png"))
-    ckpt_lib.export_model(common.merge(graphdef, jax.device_get(state.params)), tokenizer, os.path.join(workdir, "model"))
+    final_model = common.merge(graphdef, jax.device_get(state.params))
+    ckpt_lib.export_model(final_model, tokenizer, os.path.join(workdir, "model"))
     return {k: float(v) for k, v in m.items()} | {"data/" + k: v for k, v in data_stats.items()}
