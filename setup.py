@@ -47,6 +47,7 @@ setuptools.setup(
             "nbclient>=0.10",
             "nbformat>=5.9",
             "ipykernel>=6.29",
+            "reasoning-gym",  # the gym adapter test runs in CI
         ],
     },
     entry_points={"console_scripts": ["r1jax=r1jax.main:run"]},

@@ -20,8 +20,10 @@ from r1jax.data import tasks as tasks_lib
 from r1jax.data.sft import SFTFields
 from r1jax.models import get_preset, init_model
 from r1jax.rewards import accuracy_reward, format_ok, summary_text, think_text
+from r1jax.rewards.compose import RewardSpec, make_reward_fn
+from r1jax.rewards.routing import RoutedRewards
 from r1jax.tokenizer import SentencePieceTokenizer
-from r1jax.trainers import common, distill, grpo, rejection_sampling, reward_model, sft
+from r1jax.trainers import common, distill, grpo, grpo_config, rejection_sampling, reward_model, sft
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIPELINE = os.path.join(REPO, "experiments", "pipeline.py")
@@ -269,17 +271,17 @@ def test_routed_rewards_send_general_prompts_to_the_scorer():
         calls.append(list(responses))
         return [float(len(r)) for r in responses]
 
-    rc = grpo.rewards_config(weights={"format": 1.0}, general_weights={"helpfulness": 1.0, "harmlessness": 0.5})
-    reasoning = grpo.make_reward_fn([grpo.RewardSpec("format", kwargs={"mode": "strict"})])
-    general = grpo.make_reward_fn(
+    rc = grpo_config.rewards_config(weights={"format": 1.0}, general_weights={"helpfulness": 1.0, "harmlessness": 0.5})
+    reasoning = make_reward_fn([RewardSpec("format", kwargs={"mode": "strict"})])
+    general = make_reward_fn(
         [
-            grpo.RewardSpec(
+            RewardSpec(
                 "reward_model", weight=w, key=k, kwargs={"scorer": scorer, "summary_only": k == "helpfulness"}
             )
             for k, w in rc.general_weights.items()
         ]
     )
-    fn = grpo.RoutedRewards(reasoning, general)
+    fn = RoutedRewards(reasoning, general)
     text = " <think> ab </think> <answer> 4 </answer>"
     examples = [{"task": "arithmetic", "answer": "4"}, {"task": preferences.GENERAL_TASK, "answer": "4"}]
     out = fn(["q1", "q2"], [text, text], examples)

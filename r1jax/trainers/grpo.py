@@ -125,6 +125,14 @@ def train_step(state, batch, *, graphdef, optimizer, loss_kw, temperature, imple
 def train(config, workdir: str) -> dict:
     """Runs (or resumes) a GRPO experiment in `workdir`; returns the final metrics."""
     validate(config)
+    reward_fn = make_rewards(config.rewards, config.response_prefix, config.sampling.max_new_tokens)
+    try:
+        return _train(config, workdir, reward_fn)
+    finally:
+        reward_fn.close()  # reward worker processes and threads end with the run, however it ends
+
+
+def _train(config, workdir: str, reward_fn) -> dict:
     c = config
     if model_max_seq_len(c.model) is not None:
         check_context(c, model_max_seq_len(c.model))
@@ -150,7 +158,6 @@ def train(config, workdir: str) -> dict:
     local_prompts = distributed.local_batch_slice(mesh, P)
     local_rows = distributed.local_batch_slice(mesh, P * G)
     p_local = local_prompts.stop - local_prompts.start
-    reward_fn = make_rewards(c.rewards, c.response_prefix, c.sampling.max_new_tokens)
 
     checkpointer = ckpt_lib.Checkpointer(
         os.path.join(workdir, "checkpoints"), max_to_keep=c.checkpoint.max_to_keep,
