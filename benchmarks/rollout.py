@@ -57,7 +57,7 @@ def parse_args():
     p.add_argument("--small", action="store_true", help="a ~1M-parameter model instead of ~21M")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per method (the best is reported)")
     p.add_argument("--ref_steps", type=int, default=3, help="no-cache steps timed")
-    p.add_argument("--torch_python", default=os.environ.get("R1JAX_TORCH_PYTHON", "/work/venv-torch/bin/python"))
+    p.add_argument("--torch_python", default=os.environ.get("R1JAX_TORCH_PYTHON", ".venv-torch/bin/python"))
     p.add_argument("--skip_hf", action="store_true")
     p.add_argument("--json", default=None, help="write the figures here; the headline r1jax / hf ratio is `ratio`")
     return p.parse_args()

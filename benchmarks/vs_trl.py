@@ -20,8 +20,8 @@ each trainer stamps the end of every step (r1jax: when it logs the step's metric
 device; TRL: `TrainerCallback.on_step_end`), and an iteration's time is the gap between consecutive stamps, so
 both include everything their loop does. The first `--warmup` steps (r1jax's compilation, torch's first calls)
 are excluded. r1jax and TRL runs alternate `--repeats` times (the machine is shared); medians are reported.
-TRL runs in its own environment: `--trl-python PATH` (default /work/venv-torch/bin/python), or `--make-venv DIR`
-to create one from PyPI (torch CPU, transformers, trl, datasets).
+TRL runs in its own environment: `--trl-python PATH` (default $R1JAX_TORCH_PYTHON, else
+.venv-torch/bin/python), or `--make-venv DIR` to create one from PyPI (torch CPU, transformers, trl, datasets).
 
     python benchmarks/vs_trl.py --json /tmp/vs_trl.json
     python benchmarks/vs_trl.py --steps 3 --warmup 1 --repeats 1      # quick
@@ -100,7 +100,7 @@ def parse_args():
     p.add_argument("--warmup", type=int, default=2, help="iterations excluded (compilation, first calls)")
     p.add_argument("--repeats", type=int, default=2, help="alternating r1jax / TRL runs")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
-    p.add_argument("--trl-python", default=os.environ.get("R1JAX_TORCH_PYTHON", "/work/venv-torch/bin/python"))
+    p.add_argument("--trl-python", default=os.environ.get("R1JAX_TORCH_PYTHON", ".venv-torch/bin/python"))
     p.add_argument("--make-venv", default=None, help="create a venv with torch (CPU), transformers, trl here first")
     p.add_argument("--json", default=None, help="write the figures here; the headline TRL / r1jax time is `ratio`")
     return p.parse_args()

@@ -35,13 +35,13 @@ def get_config(arg=None):
         c.template = "short"
         c.rl.group_size = 8
         c.rl.prompts_per_step = 16
-        c.rl.num_steps = 40
+        c.rl.num_steps = 60
         c.sampling.max_new_tokens = 64  # worked solutions are <= 63 tokens with EOS
         c.sampling.max_prompt_len = 32
         c.sampling.prompt_bucket = 16
         c.optim.learning_rate = 1e-4
         c.optim.warmup_steps = 5
-        c.optim.decay = "constant"
+        c.optim.decay = "cosine"  # on this base, 60 steps: held-out pass@1 0.94 with cosine, 0.89 with constant
         c.eval.every = 10  # held-out pass@1 against steps, for the demo's plot
         c.eval.num_prompts = 64
         c.eval.num_samples = 4

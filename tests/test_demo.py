@@ -23,6 +23,7 @@ SHORT = [
     "r1_zero.rl.prompts_per_step=8",
     "r1_zero.rl.group_size=4",
     "r1_zero.optim.learning_rate=3e-4",
+    "r1_zero.optim.decay=constant",
     "r1_zero.eval.num_prompts=16",
     "r1_zero.eval.num_samples=2",
     "r1_zero.checkpoint.every=100",

@@ -7,6 +7,9 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -128,6 +131,46 @@ def test_rerun_skips_complete_stages(pipeline_run):
     result = pipeline_lib.run(config, workdir)
     assert result["stages_run"] == ""
     assert os.path.getmtime(marker) == before
+
+
+_KILL_DRIVER = """
+import shutil, sys
+from r1jax import config_lib, pipeline
+workdir, base, stages = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+shutil.copytree(base, workdir + "/stage0/model", dirs_exist_ok=True)
+overrides = ["distill.init_from_scratch=True", "reasoning_rl.checkpoint.every=1", "reasoning_rl.debug.step_sleep_s=2"]
+config = config_lib.load_config(sys.argv[4] + ":runlocal", overrides)
+config.stages = tuple(stages)
+pipeline.run(config, workdir)
+"""
+
+
+def test_killed_mid_stage_rerun_gives_the_uninterrupted_table(pipeline_run, tiny_base_model, tmp_path, subprocess_env):
+    """SIGKILL inside reasoning_rl (after its step 1 is committed), then the same command again: every stage's
+    evaluation equals the uninterrupted run's (the fixture's), and the killed stage resumed from its checkpoint."""
+    ref_dir = pipeline_run[0]
+    workdir = str(tmp_path / "pipeline")
+    cmd = [sys.executable, "-c", _KILL_DRIVER, workdir, tiny_base_model, ",".join(TEST_STAGES), PIPELINE]
+    proc = subprocess.Popen(cmd, env=subprocess_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    step1 = os.path.join(workdir, "reasoning_rl", "checkpoints", "1")
+    deadline = time.monotonic() + 600
+    while not os.path.isdir(step1) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    assert os.path.isdir(step1), "the run ended before reasoning_rl committed step 1"
+    assert not pipeline_lib.is_complete(workdir, "reasoning_rl")
+    subprocess.run(cmd, env=subprocess_env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
+    with open(os.path.join(workdir, "reasoning_rl", "ledger.jsonl")) as fh:
+        assert [json.loads(line)["step"] for line in fh] == [1, 2]  # step 1 was not redone
+    ref = json.load(open(os.path.join(ref_dir, "results.json")))["stages"]
+    got = json.load(open(os.path.join(workdir, "results.json")))["stages"]
+    assert list(got) == list(ref)
+    for stage in TEST_STAGES:
+        drop = ("wall_time_s",)
+        assert {k: v for k, v in got[stage].items() if k not in drop} == {
+            k: v for k, v in ref[stage].items() if k not in drop
+        }, stage
 
 
 def test_stage_config_chains_exports_and_budgets_student_rl(tmp_path):

@@ -27,7 +27,7 @@ must equal the original exactly.
 
 Run from the repository root, in the torch env (torch CPU + transformers), with the JAX env's python for r1jax:
 
-    /work/venv-torch/bin/python tests/goldens/make_hf_goldens.py --r1jax-python /work/venv/bin/python
+    .venv-torch/bin/python tests/goldens/make_hf_goldens.py --r1jax-python .venv/bin/python
 
 The outputs are committed; rerun only when a case changes (the values depend on the torch version's RNG).
 """
@@ -183,7 +183,7 @@ def check_export_roundtrip(case_dir: str, model, tokens_bt: np.ndarray, r1jax_py
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--r1jax-python", default="/work/venv/bin/python", help="python of the env with r1jax")
+    parser.add_argument("--r1jax-python", default=".venv/bin/python", help="python of the env with r1jax")
     parser.add_argument("--seed", type=int, default=0, help="offset of the seeds tried for each case")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, transformers {transformers.__version__}")

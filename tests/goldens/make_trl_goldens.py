@@ -2,7 +2,7 @@
 
 Run by hand (not at test time; needs torch + trl):
 
-    /work/venv-torch/bin/python tests/goldens/make_trl_goldens.py
+    .venv-torch/bin/python tests/goldens/make_trl_goldens.py
 
 It feeds fixed per-token log-probs through TRL's own `GRPOTrainer._compute_loss` (float64) without a model: a bare
 trainer made with `object.__new__`, the attributes `_compute_loss` reads set by hand (one process, one accumulation
