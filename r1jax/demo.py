@@ -16,6 +16,8 @@ import os
 import shutil
 import time
 
+import numpy as np
+
 from r1jax import config_lib, evals
 from r1jax import metrics as metrics_lib
 
@@ -97,8 +99,9 @@ def run_demo(workdir: str, *, seed: int = 0, overrides=(), arg: str = "") -> dic
     }
     with open(os.path.join(workdir, "demo_results.json"), "w") as f:
         json.dump(results, f, indent=1)
+    base_point = {"step": 0, **{f"eval/{k}": v for k, v in base.items() if np.ndim(v) == 0}}  # the base at step 0
     plot = metrics_lib.plot_curves(
-        metrics_lib.read_history(rl_dir), ["rl/reward_mean", "eval/pass@1", "eval/format_rate"],
+        [base_point, *metrics_lib.read_history(rl_dir)], ["rl/reward_mean", "eval/pass@1", "eval/format_rate"],
         os.path.join(workdir, "demo_curves.png"), title="R1-Zero on the built-in default",
     )
     if plot:

@@ -32,7 +32,7 @@ class MetricsWriter:
         scalars = {k: float(v) for k, v in jax.device_get(metrics).items() if np.ndim(v) == 0}
         for k, v in scalars.items():
             if math.isfinite(v):
-                self._tb.add_scalar(k, v, step)
+                self._tb.add_scalar(k.replace("@", "_at_"), v, step)  # TensorBoard tags allow no '@'
         with open(self.history_path, "a") as f:
             f.write(json.dumps({"step": int(step), **scalars}) + "\n")
 
