@@ -15,6 +15,7 @@ real checkpoint, whose cold-start data come from files (prompt / response fields
 """
 
 from r1jax import config_lib
+from r1jax.data.tasks import tiny_difficulty
 from r1jax.trainers import sft
 
 ENTRY = "r1jax.trainers.sft:train"
@@ -28,6 +29,7 @@ def get_config(arg=None):
     if arg.model == "tiny":
         c.template = "short"
         c.data.source = "cold_start"
+        c.data.difficulty = tiny_difficulty(arg.task)  # the distribution of every tiny stage
         c.data.num_examples = 2000  # "thousands" in the paper; a few hundred rows of packed CoT here
         c.data.seed = 21  # not the pretraining corpus' seed, nor the RL prompts'
         c.seq_len = 256

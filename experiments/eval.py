@@ -8,6 +8,7 @@ Args: `tiny` (built-in task, CPU) or a real model preset name with `--config.dat
 """
 
 from r1jax import config_lib
+from r1jax.data.tasks import tiny_difficulty
 from r1jax.trainers import grpo
 
 ENTRY = "r1jax.evals:run"
@@ -20,7 +21,7 @@ def get_config(arg=None):
     c.data.task = arg.task
     c.eval.num_samples = arg.k
     if arg.model == "tiny":
-        c.data.difficulty = 0 if arg.task == "arithmetic" else 1  # as experiments/pretrain.py and r1_zero.py
+        c.data.difficulty = tiny_difficulty(arg.task)
         c.template = "short"
         c.sampling.max_new_tokens = 64
         c.sampling.max_prompt_len = 32

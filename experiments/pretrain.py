@@ -10,6 +10,7 @@ Args: `tiny` (2-core CPU, minutes; the default) or `runlocal` (a few steps, for 
 """
 
 from r1jax import config_lib
+from r1jax.data.tasks import tiny_difficulty
 from r1jax.trainers import sft
 
 ENTRY = "r1jax.trainers.sft:train"
@@ -24,7 +25,7 @@ def get_config(arg=None):
     c.template = "short"
     c.data.source = "pretrain"
     c.data.task = arg.task
-    c.data.difficulty = 0 if arg.task == "arithmetic" else 1  # 2-digit addition: learnable on a CPU
+    c.data.difficulty = tiny_difficulty(arg.task)
     c.data.num_examples = 24_000
     c.data.format_rate = 0.3  # the base answers in the R1 format only part of the time ...
     c.data.error_rate = 0.15  # ... and some worked solutions are wrong

@@ -15,6 +15,7 @@ name (`qwen2.5-1.5b`, `qwen2.5-math-1.5b`, `qwen2.5-7b`, `llama-3.1-8b`), which 
 """
 
 from r1jax import config_lib
+from r1jax.data.tasks import tiny_difficulty
 from r1jax.trainers import grpo
 
 ENTRY = "r1jax.trainers.grpo:train"
@@ -31,7 +32,7 @@ def get_config(arg=None):
     c.rl.epsilon_high = 0.28  # clip-higher (DAPO)
     c.rewards.weights = {"accuracy": 1.0, "format": 0.5}
     if arg.model == "tiny":
-        c.data.difficulty = 0 if arg.task == "arithmetic" else 1  # as stage 0 (experiments/pretrain.py)
+        c.data.difficulty = tiny_difficulty(arg.task)
         c.template = "short"
         c.rl.group_size = 8
         c.rl.prompts_per_step = 16

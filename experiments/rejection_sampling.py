@@ -12,6 +12,7 @@ Args: `tiny` (the default), `runlocal` (two tiny chunks, for tests), `task=<name
 """
 
 from r1jax import config_lib
+from r1jax.data.tasks import tiny_difficulty
 from r1jax.trainers import rejection_sampling
 
 ENTRY = "r1jax.trainers.rejection_sampling:run"
@@ -22,6 +23,7 @@ def get_config(arg=None):
     c = rejection_sampling.rejection_sampling_config()
     c.template = "short"
     c.data.task = arg.task
+    c.data.difficulty = tiny_difficulty(arg.task)  # the distribution of every tiny stage
     c.data.num_prompts = 512
     c.sampling.num_samples = 4
     c.sampling.prompts_per_batch = 32

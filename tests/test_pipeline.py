@@ -133,6 +133,14 @@ def test_rerun_skips_complete_stages(pipeline_run):
     assert os.path.getmtime(marker) == before
 
 
+def test_tiny_stages_share_the_evaluation_distribution():
+    """Every tiny stage that draws task problems draws them at the difficulty the held-out evaluation uses."""
+    c = config_lib.load_config(PIPELINE + ":tiny")
+    want = c.eval.data.difficulty
+    for stage in ("stage0", "r1_zero", "cold_start", "reasoning_rl", "rejection_sampling", "general_rl"):
+        assert c[stage].data.difficulty == want, (stage, c[stage].data.difficulty, want)
+
+
 _KILL_DRIVER = """
 import shutil, sys
 from r1jax import config_lib, pipeline

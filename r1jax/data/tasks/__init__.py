@@ -20,6 +20,12 @@ from r1jax.data.tasks.countdown import CountdownTask, ExpressionError, evaluate
 BUILTIN_TASKS = ("arithmetic", "countdown")
 
 
+def tiny_difficulty(task: str) -> int:
+    """The difficulty every tiny (CPU) preset uses, so that all stages train and evaluate on one distribution:
+    2-digit addition for arithmetic (learnable by a 0.8M-parameter model in minutes), 1 otherwise."""
+    return 0 if task == "arithmetic" else 1
+
+
 def get_task(name: str, **kwargs: Any) -> Task:
     """'arithmetic' | 'countdown' | 'gym:<reasoning_gym dataset>' -> task object; kwargs go to its constructor."""
     if name == "arithmetic":
@@ -45,4 +51,5 @@ __all__ = [
     "evaluate",
     "get_task",
     "parse_number",
+    "tiny_difficulty",
 ]
