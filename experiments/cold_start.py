@@ -30,15 +30,18 @@ def get_config(arg=None):
         c.template = "short"
         c.data.source = "cold_start"
         c.data.difficulty = tiny_difficulty(arg.task)  # the distribution of every tiny stage
-        c.data.num_examples = 2000  # "thousands" in the paper; a few hundred rows of packed CoT here
+        # A small set, as in the paper ("thousands" there, for a model that reads far more): 500 readable CoT
+        # samples, about 2 epochs. It teaches the format; a longer cold start (120 steps on 2000 samples) already
+        # solves the 2-digit task (held-out pass@1 1.0) and leaves reasoning RL nothing to show.
+        c.data.num_examples = 500
         c.data.seed = 21  # not the pretraining corpus' seed, nor the RL prompts'
         c.seq_len = 256
         c.batch_size = 16
-        c.num_steps = 120
+        c.num_steps = 16
         c.optim.learning_rate = 5e-4
         c.optim.warmup_steps = 10
-        c.checkpoint.every = 60
-        c.log_every = 10
+        c.checkpoint.every = 8
+        c.log_every = 2
     else:
         c.template = "r1_zero"
         c.data.source = "files"
