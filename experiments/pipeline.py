@@ -20,7 +20,7 @@ overridden (`--config.<stage>.<field>=...`); the checkpoint paths that chain the
 time. A stage whose export already exists is skipped, so a re-run after a crash continues at the unfinished
 stage (whose trainer resumes from its own checkpoints). Writes WORKDIR/results.md and WORKDIR/results.json.
 
-Args: `tiny` (the default; about 45 minutes on 2 CPU cores is the target), `runlocal` (2 steps per stage, for
+Args: `tiny` (the default; 15 minutes measured on 2 CPU cores, README), `runlocal` (2 steps per stage, for
 tests), `task=<name>`.
 """
 

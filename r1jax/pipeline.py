@@ -255,6 +255,16 @@ def comparisons(rows: dict) -> list[str]:
     line("distill", "general_rl", "student vs teacher")
     line("distill", "student_rl", "distillation vs RL on the student (same wall time)")
     line("distill", "student_base", "distillation vs the student's base")
+    # The distillation set is sampled from the stage-3 checkpoint (paper 2.3.3 / 2.4), so that is the pass@1 a
+    # distilled student approaches; the paper's 4.1 question is which student gets closer to it.
+    if all(s in rows for s in ("reasoning_rl", "distill", "student_rl")):
+        src = rows["reasoning_rl"]["pass@1"]
+        gap_d, gap_r = abs(rows["distill"]["pass@1"] - src), abs(rows["student_rl"]["pass@1"] - src)
+        closer = "distillation" if gap_d < gap_r else "RL" if gap_r < gap_d else "neither"
+        out.append(
+            f"closer to the data's source ({LABELS['reasoning_rl']}, pass@1 {src:.3f}): distilled student "
+            f"|Δ| {gap_d:.3f}, RL student |Δ| {gap_r:.3f} → {closer}"
+        )
     return out
 
 

@@ -133,6 +133,16 @@ def test_rerun_skips_complete_stages(pipeline_run):
     assert os.path.getmtime(marker) == before
 
 
+def test_comparisons_state_which_student_is_closer_to_the_data_source():
+    scores = {"reasoning_rl": 0.95, "general_rl": 0.88, "distill": 0.93, "student_rl": 0.89, "student_base": 0.1}
+    rows = {s: {"pass@1": p} for s, p in scores.items()}
+    lines = pipeline_lib.comparisons(rows)
+    assert "0.930 is better than" in lines[0] and "0.880" in lines[0]  # student vs teacher
+    assert lines[-1].endswith("|Δ| 0.020, RL student |Δ| 0.060 → distillation")
+    rows["student_rl"]["pass@1"] = 0.96
+    assert pipeline_lib.comparisons(rows)[-1].endswith("|Δ| 0.020, RL student |Δ| 0.010 → RL")
+
+
 def test_tiny_stages_share_the_evaluation_distribution():
     """Every tiny stage that draws task problems draws them at the difficulty the held-out evaluation uses."""
     c = config_lib.load_config(PIPELINE + ":tiny")
