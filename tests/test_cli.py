@@ -113,7 +113,7 @@ def test_smoke_run_logs_scalars_to_tensorboard(smoke_run):
     # μ = 1 (the default): no old-log-prob pass, so the importance ratio is exactly 1 and nothing clips
     assert all(v == 1.0 for v in scalars["rl/ratio_mean"].values())
     assert all(v == 0.0 for v in scalars["rl/clip_ratio/region_mean"].values())
-    assert "eval/pass_1" in scalars  # the final held-out evaluation ('@' is not allowed in a tag)
+    assert "eval/pass_at_1" in scalars and "eval/cons_at_k" in scalars  # the final evaluation; "@" → "_at_"
 
 
 def test_smoke_run_writes_a_resumable_checkpoint(smoke_run):
