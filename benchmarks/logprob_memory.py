@@ -13,9 +13,10 @@ Time: forward+backward on the default backend at N=2048, D=512, V=32000
 
 import argparse
 import json
-import statistics
+import os
 import time
 
+import harness
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,13 +56,16 @@ def time_ratio(reps):
     fns = {impl: _fwd_bwd(impl) for impl in ("xla", "chunked")}
     for fn in fns.values():
         jax.block_until_ready(fn(h, w, t))  # compile and warm up
-    times = {impl: [] for impl in fns}
-    for _ in range(reps):
-        for impl, fn in fns.items():  # interleaved so that machine load hits both alike
-            start = time.perf_counter()
-            jax.block_until_ready(fn(h, w, t))
-            times[impl].append(time.perf_counter() - start)
-    return {impl: statistics.median(ts) for impl, ts in times.items()}
+
+    def timed(fn):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(h, w, t))
+        return time.perf_counter() - start
+
+    # interleaved (xla, chunked, xla, ...) so that machine load hits both alike
+    times = harness.interleave({impl: (lambda fn=fn: timed(fn)) for impl, fn in fns.items()}, reps)
+    spreads = {impl: harness.spread(ts) for impl, ts in times.items()}
+    return {impl: s["median"] for impl, s in spreads.items()}, spreads
 
 
 def main():
@@ -69,6 +73,7 @@ def main():
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--json", default=None, help="write the figures to this path")
     args = parser.parse_args()
+    load = harness.LoadMonitor(own_threads=os.cpu_count())  # the memory figures are compile-time; the times are not
 
     backend = jax.default_backend()
     impls = ["xla", "chunked"] + ([f"pallas_{backend}"] if backend in ("gpu", "tpu") else [])
@@ -76,7 +81,8 @@ def main():
     for n in MEMORY_NS:
         for impl in impls:
             memory[f"{impl}/N={n}"] = temp_bytes(impl, n, QWEN_D, QWEN_V, jnp.bfloat16)
-    seconds = time_ratio(args.reps)
+    seconds, spreads = time_ratio(args.reps)
+    load_record = load.record()
 
     print(f"## grouped log-prob, fwd+bwd temp memory (D={QWEN_D}, V={QWEN_V}, bf16), backend={backend}\n")
     print("| N | " + " | ".join(f"{i} temp" for i in impls) + " | xla / chunked |")
@@ -91,6 +97,7 @@ def main():
     print("| xla | chunked | chunked / xla |")
     print("|---|---|---|")
     print(f"| {seconds['xla'] * 1e3:.0f} ms | {seconds['chunked'] * 1e3:.0f} ms | {time_ratio_value:.2f} |")
+    print(harness.table(spreads, "s, fwd+bwd", load_record))
 
     if args.json:
         figures = {
@@ -98,6 +105,10 @@ def main():
             "memory_ratio_by_n": {str(n): r for n, r in ratios.items()},
             "temp_bytes": memory,
             "seconds": seconds,
+            "seconds_spread": spreads,
+            "load_avg": load_record,
+            "loaded": load_record["loaded"],
+            "threads": harness.thread_settings(),
             "time_ratio_chunked_over_xla": time_ratio_value,
             "backend": backend,
             "jax": jax.__version__,

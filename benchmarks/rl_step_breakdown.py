@@ -2,16 +2,18 @@
 R1-Zero config (`experiments/r1_zero.py:tiny`: P=16 prompts × G=8, 96 new tokens, the tiny preset), so that the
 slowest part is visible.
 
-The phases are the trainer's own functions (r1jax/trainers/grpo.py), called in its order, each timed to
+The phases are the trainer's own functions (r1jax/rollouts.py: prompt encoding, the sampler config, decoding,
+`assemble_batch`, and the step that `make_grpo_step` builds), called in the trainer's order, each timed to
 completion (`jax.block_until_ready`):
 
   sample      `sampling.sample`: shared prefill, KV cache broadcast to G, jitted decode loop
   decode      token ids → text for the B = P·G completions (host)
   reward      the composed, timeout-guarded reward function of the config (accuracy + format), worker processes
-  advantages  group advantages and the host → device copy of the batch
-  logps       one no-cache forward for log π over the batch: what π_old (μ > 1) and π_ref (β > 0) each cost;
-              the tiny config has μ = 1 and β = 0, so its step runs neither, and the table says so
-  update      `train_step`: forward, GRPO loss, backward, AdamW (jitted, state donated)
+  advantages  `rollouts.assemble_batch`: group advantages and the host → device copy of the batch
+  logps       the old (μ > 1) and reference (β > 0) log-prob forwards the config's step runs; the tiny config has
+              μ = 1 and β = 0, so its step runs neither, and the table says so. One such no-cache forward over the
+              batch is also timed on its own (`logps_one_pass`), outside the step, to show what each would cost
+  update      the GRPO train step: forward, loss, backward, AdamW (jitted, state donated)
 
 The first `--warmup` steps (compilation) are excluded; medians over `--steps` steps are reported. The base model
 is a stage-0 export (`--base DIR`; default: `experiments/pretrain.py:runlocal` is trained into a temp dir first),
@@ -23,7 +25,6 @@ so completions stop at EOS as in a real run. The headline `ratio` is the slowest
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import statistics
@@ -33,6 +34,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from r1jax import config_lib, rollouts, sampling, sharding, train_state
+from r1jax.data.pipeline import make_prompt_iterator
+from r1jax.data.sources import PromptFields
+from r1jax.main import run_experiment
+from r1jax.trainers import grpo as trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,84 +56,32 @@ def parse_args():
 
 def main():
     args = parse_args()
-    from r1jax import config_lib, grpo, sampling, sharding
-    from r1jax.data.pipeline import make_prompt_iterator
-    from r1jax.data.sources import PromptFields
-    from r1jax.trainers import common
-    from r1jax.trainers import grpo as trainer
-
     with tempfile.TemporaryDirectory() as tmp:
         base = args.base
         if base is None:
-            from r1jax.main import run_experiment
-
             run_experiment(os.path.join(REPO, "experiments", "pretrain.py") + ":runlocal", os.path.join(tmp, "s0"))
             base = os.path.join(tmp, "s0", "model")
         c = config_lib.load_config(args.config, [f"--config.model.checkpoint={base}"])
         trainer.validate(c)
         mesh = sharding.make_mesh(c.mesh.shape)
-        train_records, _, _ = trainer.load_splits(c)
-        model, tokenizer = common.build_model(c.model, c.seed, c.tokenizer.path)
-        rl, G, P = c.rl, c.rl.group_size, c.rl.prompts_per_step
-        optimizer = common.make_optimizer(c.optim, rl.num_steps)
-        graphdef, state, state_sh = common.create_train_state(model, optimizer, mesh, c.seed)
+        train_records, _, _ = rollouts.load_splits(c)
+        model, tokenizer = train_state.build_model(c.model, c.seed, c.tokenizer.path)
+        rl, group_size, P = c.rl, c.rl.group_size, c.rl.prompts_per_step
+        optimizer = train_state.make_optimizer(c.optim, rl.num_steps)
+        graphdef, state, state_sh = train_state.create_train_state(model, optimizer, mesh, c.seed)
+        ref_params = jax.tree.map(jnp.copy, state.params) if rl.beta > 0 else None
         data_it, _ = make_prompt_iterator(
             train_records, batch_size=P, seed=c.seed, fields=PromptFields(extras=("task", "meta"))
         )
         reward_fn = trainer.make_rewards(c.rewards, c.response_prefix, c.sampling.max_new_tokens)
-        sample_cfg = sampling.SamplingConfig(
-            num_samples=G,
-            max_new_tokens=c.sampling.max_new_tokens,
-            temperature=c.sampling.temperature,
-            top_p=c.sampling.top_p,
-            top_k=c.sampling.top_k,
-            eos_id=tokenizer.eos_id,
-            pad_id=tokenizer.pad_id,
-        )
-        loss_kw = dict(
-            loss_type=rl.loss_type,
-            epsilon_low=rl.epsilon_low,
-            epsilon_high=rl.epsilon_high,
-            beta=rl.beta,
-            max_completion_length=c.sampling.max_new_tokens,
-            kl_bias_correction=rl.kl_bias_correction,
-            importance_sampling_level=rl.importance_sampling_level,
-        )
-        impl = c.kernels.implementation
-        batch_sh = sharding.batch_sharding(mesh, 2)
-        shardings = {
-            "tokens_bs": batch_sh,
-            "mask_bs": batch_sh,
-            "completion_bt": batch_sh,
-            "loss_mask_bt": batch_sh,
-            "advantages_b": sharding.batch_sharding(mesh, 1),
-            "grad_scale": sharding.replicated(mesh),
-        }
-        step_fn = jax.jit(
-            functools.partial(
-                trainer.train_step,
-                graphdef=graphdef,
-                optimizer=optimizer,
-                loss_kw=loss_kw,
-                temperature=c.sampling.temperature,
-                implementation=impl,
-            ),
-            in_shardings=(state_sh, shardings),
-            out_shardings=(state_sh, None),
-            donate_argnums=0,
-        )
-        logp_fn = jax.jit(
-            functools.partial(
-                trainer.completion_logps, graphdef, temperature=c.sampling.temperature, implementation=impl
-            )
-        )
+        sample_cfg = rollouts.sampler_config(c, tokenizer)
+        grpo_step = rollouts.make_grpo_step(c, graphdef, optimizer, mesh, state_sh)
         base_rng = jax.random.wrap_key_data(jax.device_get(state.rng))
         rows, lengths = [], []
         for step in range(args.warmup + args.steps):
-            t = {}
             t0 = time.perf_counter()
             records = next(data_it)
-            prompt_ids = trainer.encode_prompts(
+            prompt_ids = rollouts.encode_prompts(
                 tokenizer, records, c.template, c.response_prefix, c.sampling.max_prompt_len
             )
             rollout = sampling.sample(
@@ -134,55 +89,51 @@ def main():
             )
             jax.block_until_ready(rollout)
             t1 = time.perf_counter()
-            completions = trainer.decode_completions(tokenizer, rollout)
+            completions = rollouts.decode_completions(tokenizer, rollout)
             t2 = time.perf_counter()
-            group = [r for r in records for _ in range(G)]
+            group = [r for r in records for _ in range(group_size)]
             rb = reward_fn([r["question"] for r in group], completions, group, lengths=np.asarray(rollout.lengths_b))
             t3 = time.perf_counter()
-            parts = [(records, rollout, rb.rewards.reshape(P, G), rb.valid.reshape(P, G))]
-            _, batch, rewards_pg, valid_pg, lens, _ = trainer.select_groups(
-                parts, P, informative_first=False, mask_truncated=rl.mask_truncated
-            )
-            adv = grpo.group_advantages(
-                jnp.asarray(rewards_pg), scale_rewards=rl.scale_rewards, eps=rl.adv_eps, valid_pg=jnp.asarray(valid_pg)
-            )
-            batch["advantages_b"] = np.asarray(adv, np.float32).reshape(-1)
-            batch["grad_scale"] = np.float32(1.0)
-            batch = jax.device_put({k: batch[k] for k in shardings}, shardings)
+            part = rollouts.Round(records, rollout, rb.rewards.reshape(P, group_size), rb.valid.reshape(P, group_size))
+            _, batch, summary = rollouts.assemble_batch(c, [part], mesh, grpo_step.batch_shardings)
             jax.block_until_ready(batch)
             t4 = time.perf_counter()
-            jax.block_until_ready(logp_fn(state.params, batch))  # one π_old or π_ref pass
+            batch = rollouts.add_policy_logps(batch, grpo_step.logps, state.params, ref_params, mu=rl.mu, beta=rl.beta)
+            jax.block_until_ready(batch)
             t5 = time.perf_counter()
-            state, m = step_fn(state, batch)
+            state, m = grpo_step.train_step(state, batch)
             jax.block_until_ready((state, m))
             t6 = time.perf_counter()
+            jax.block_until_ready(grpo_step.logps(state.params, batch))  # one π_old or π_ref pass, on its own
+            t7 = time.perf_counter()
             t = {
                 "sample": t1 - t0,
                 "decode": t2 - t1,
                 "reward": t3 - t2,
                 "advantages": t4 - t3,
-                "logps_one_pass": t5 - t4,
+                "logps": t5 - t4,
                 "update": t6 - t5,
+                "logps_one_pass": t7 - t6,
             }
             if step >= args.warmup:
                 rows.append(t)
-                lengths.append(float(lens.mean()))
+                lengths.append(float(summary.lengths_b.mean()))
         reward_fn.close()
 
-    passes = (rl.mu > 1) + (rl.beta > 0)  # log-prob passes the config's step actually runs
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     phases = {
         "sample": med["sample"],
         "decode": med["decode"],
         "reward": med["reward"],
         "advantages": med["advantages"],
-        "old+ref logps": passes * med["logps_one_pass"],
+        "old+ref logps": med["logps"],
         "update": med["update"],
     }
     total = sum(phases.values())
     slowest = max(phases, key=phases.get)
     print(
-        f"{args.config}: P={P} G={G} max_new_tokens={c.sampling.max_new_tokens}, μ={rl.mu} β={rl.beta}; "
+        f"{args.config}: P={P} group_size={group_size} max_new_tokens={c.sampling.max_new_tokens}, "
+        f"μ={rl.mu} β={rl.beta}; "
         f"medians of {len(rows)} steps (after {args.warmup} warm-up), mean completion "
         f"{statistics.mean(lengths):.1f} tokens"
     )
@@ -205,7 +156,7 @@ def main():
                     "settings": {
                         "config": args.config,
                         "P": P,
-                        "G": G,
+                        "group_size": group_size,
                         "max_new_tokens": c.sampling.max_new_tokens,
                         "mu": rl.mu,
                         "beta": rl.beta,

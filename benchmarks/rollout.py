@@ -28,11 +28,14 @@ import sys
 import tempfile
 import time
 
+import harness
+
 HF_WORKER = r"""
 import json, sys, time
 import numpy as np, torch, transformers
 ckpt, out_path, new_tokens, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 torch.manual_seed(0)
+torch.set_num_threads(int(sys.argv[5]))
 model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
 ids = torch.from_numpy(np.load(ckpt + "/prompts_bt.npy")).long()
 kw = dict(attention_mask=torch.ones_like(ids), do_sample=False, pad_token_id=0, eos_token_id=None)
@@ -43,7 +46,7 @@ with torch.no_grad():
         t0 = time.perf_counter()
         out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kw)
         times.append(time.perf_counter() - t0)
-json.dump({"seconds": min(times), "tokens": out[:, ids.shape[1]:].tolist(), "threads": torch.get_num_threads()},
+json.dump({"times": times, "tokens": out[:, ids.shape[1]:].tolist(), "threads": torch.get_num_threads()},
           open(out_path, "w"))
 """
 
@@ -55,7 +58,8 @@ def parse_args():
     p.add_argument("--prompt_len", type=int, default=32)
     p.add_argument("--new_tokens", type=int, default=128)
     p.add_argument("--small", action="store_true", help="a ~1M-parameter model instead of ~21M")
-    p.add_argument("--repeats", type=int, default=2, help="timed runs per method (the best is reported)")
+    p.add_argument("--repeats", type=int, default=2, help="timed runs per method, interleaved (medians reported)")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPUs both r1jax and torch are pinned to")
     p.add_argument("--ref_steps", type=int, default=3, help="no-cache steps timed")
     p.add_argument("--torch_python", default=os.environ.get("R1JAX_TORCH_PYTHON", ".venv-torch/bin/python"))
     p.add_argument("--skip_hf", action="store_true")
@@ -65,6 +69,8 @@ def parse_args():
 
 def main():
     args = parse_args()
+    threads = harness.pin_threads(args.threads)  # before jax starts: XLA sizes its pool from the allowed CPUs
+    load = harness.LoadMonitor(own_threads=args.threads)
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -103,7 +109,7 @@ def main():
         t0 = time.perf_counter()
         rollout = run_r1jax()
         times.append(time.perf_counter() - t0)
-    figures["r1jax_tokens_per_s"] = b * tn / min(times)
+    figures["r1jax_tokens_per_s"] = b * tn / harness.spread(times)["median"]
     r1jax_tokens_bt = np.asarray(rollout.completion_tokens_bt)
 
     # no-cache reference: time single steps over the full-length buffer
@@ -141,20 +147,33 @@ def main():
             save_hf_checkpoint(model, tmp)
             np.save(os.path.join(tmp, "prompts_bt.npy"), np.repeat(prompts_pt, g, 0))
             out = os.path.join(tmp, "hf.json")
-            proc = subprocess.run(
-                [args.torch_python, "-c", HF_WORKER, tmp, out, str(tn), str(args.repeats)],
-                cwd=tmp,  # not the repository root, whose `kernels/` folder transformers would import as `kernels`
-                capture_output=True,
-                text=True,
-            )
-            if proc.returncode:
-                sys.exit(f"transformers worker failed:\n{proc.stderr[-3000:]}")
-            hf = json.load(open(out))
-        figures["hf_tokens_per_s"] = b * tn / hf["seconds"]
+            hf_times = []
+            for _ in range(args.repeats):  # transformers, r1jax, transformers, r1jax ...: load drift hits both
+                proc = subprocess.run(
+                    [args.torch_python, "-c", HF_WORKER, tmp, out, str(tn), "1", str(args.threads)],
+                    cwd=tmp,  # not the repository root, whose `kernels/` folder transformers would import as `kernels`
+                    env=harness.torch_env(args.threads),
+                    capture_output=True,
+                    text=True,
+                )
+                if proc.returncode:
+                    sys.exit(f"transformers worker failed:\n{proc.stderr[-3000:]}")
+                hf = json.load(open(out))
+                hf_times += hf["times"]
+                t0 = time.perf_counter()
+                run_r1jax()
+                times.append(time.perf_counter() - t0)
+        figures["r1jax_tokens_per_s"] = b * tn / harness.spread(times)["median"]
+        figures["hf_tokens_per_s"] = b * tn / harness.spread(hf_times)["median"]
+        figures["hf_seconds_spread"] = harness.spread(hf_times)
         figures["hf_torch_threads"] = hf["threads"]
         figures["hf_token_agreement"] = float(np.mean(np.asarray(hf["tokens"]) == r1jax_tokens_bt))
         figures["ratio"] = figures["r1jax_tokens_per_s"] / figures["hf_tokens_per_s"]
 
+    figures["r1jax_seconds_spread"] = harness.spread(times)
+    figures["load_avg"] = load.record()
+    figures["loaded"] = figures["load_avg"]["loaded"]
+    figures["threads"] = threads
     rows = [
         ("r1jax (KV cache, shared prefill)", figures["r1jax_tokens_per_s"]),
         ("no-cache reference", figures["no_cache_tokens_per_s"]),
@@ -168,6 +187,10 @@ def main():
         f"prefill GFLOPs: shared {figures['prefill_flops_shared'] / 1e9:.3f}, per copy "
         f"{figures['prefill_flops_per_copy'] / 1e9:.3f}, ratio {figures['prefill_flops_ratio']:.2f} (G={g})"
     )
+    spreads = {"r1jax": figures["r1jax_seconds_spread"]}
+    if "hf_seconds_spread" in figures:
+        spreads["transformers"] = figures["hf_seconds_spread"]
+    print(harness.table(spreads, f"s per rollout of {b * tn} tokens", figures["load_avg"]))
     if "hf_token_agreement" in figures:
         print(f"greedy tokens equal to transformers': {100 * figures['hf_token_agreement']:.1f}%")
     if args.json:

@@ -26,6 +26,7 @@ import os
 import statistics
 import time
 
+import harness
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,9 +56,10 @@ def timed(fn, *args) -> float:
 
 def main():
     args = parse_args()
-    from r1jax import sharding
+    load = harness.LoadMonitor(own_threads=os.cpu_count())  # an MFU on a loaded machine measures the load
+    from r1jax import sharding, train_state
     from r1jax.models import ModelConfig, init_model
-    from r1jax.trainers import common, sft
+    from r1jax.trainers import sft
 
     d, L, S, B = args.embed_dim, args.layers, args.seq, args.batch
     cfg = ModelConfig(
@@ -74,8 +76,8 @@ def main():
     )
     n_params = cfg.num_params()
     mesh = sharding.make_mesh((1, 1, 1)) if jax.device_count() == 1 else sharding.make_mesh((-1, 1, 1))
-    optimizer = common.make_optimizer(common.optimizer_config(learning_rate=1e-4, decay="constant"), 1000)
-    graphdef, state, state_sh = common.create_train_state(init_model(cfg, 0), optimizer, mesh, 0)
+    optimizer = train_state.make_optimizer(train_state.optimizer_config(learning_rate=1e-4, decay="constant"), 1000)
+    graphdef, state, state_sh = train_state.create_train_state(init_model(cfg, 0), optimizer, mesh, 0)
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, args.vocab, (B, S + 1), dtype=np.int32)
     batch = {
@@ -125,7 +127,13 @@ def main():
         statistics.median(mlp_rates),
     )
     achieved = model_flops / med_step
+    load_record = load.record()
     figures = {
+        "load_avg": load_record,
+        "loaded": load_record["loaded"],
+        "threads": harness.thread_settings(),
+        "step_s_spread": harness.spread(step_s),
+        "ceiling_flop_per_s_spread": harness.spread(ceiling_rates),
         "ratio": achieved / ceiling,
         "model_flops_per_step": model_flops,
         "xla_flops_per_step": xla_flops,
@@ -164,6 +172,7 @@ def main():
     )
     print(f"ceiling ({n}³ f32 matmul) {ceiling / 1e9:.1f} GFLOP/s, MLP-shaped matmul {mlp_ceiling / 1e9:.1f} GFLOP/s")
     print(f"MFU vs ceiling = {figures['ratio']:.1%}")
+    print(harness.loaded_banner(load_record))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=2)

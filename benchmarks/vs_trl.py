@@ -25,6 +25,13 @@ TRL runs in its own environment: `--trl-python PATH` (default $R1JAX_TORCH_PYTHO
 
     python benchmarks/vs_trl.py --json /tmp/vs_trl.json
     python benchmarks/vs_trl.py --steps 3 --warmup 1 --repeats 1      # quick
+    python benchmarks/vs_trl.py --shape qwen2.5-0.5b --json /tmp/vs_trl_05b.json   # Qwen2.5-0.5B, ~1 h on 2 cores
+
+`--shape qwen2.5-0.5b` uses the Qwen2.5-0.5B configuration (random weights, V = 151,936 padded into the character
+tokenizer with filler tokens, tied embeddings) with `--prompt_len` (default 256) characters per prompt. Both sides
+are pinned to `--threads` CPUs and the load average is recorded (benchmarks/harness.py); each side's peak resident
+memory is its process's peak RSS (VmHWM; r1jax's process also built the shared checkpoint), and r1jax's compile
+time is the sum of JAX's trace, lowering and backend-compile events during its first run.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import harness
 
 TRL_WORKER = r"""
 import json, sys, time
@@ -83,6 +92,7 @@ t0 = time.perf_counter()
 trainer.train()
 lengths = [h.get("completions/mean_length") for h in trainer.state.log_history if "completions/mean_length" in h]
 json.dump({"stamps": stamps, "start": t0, "lengths": lengths, "threads": torch.get_num_threads(),
+           "peak_rss_mib": [int(x.split()[1]) / 1024 for x in open("/proc/self/status") if x.startswith("VmHWM")][0],
            "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__}},
           open(a["result"], "w"))
 """
@@ -94,16 +104,23 @@ def parse_args():
     p.add_argument("--group", type=int, default=8, help="G completions per prompt")
     p.add_argument("--completion_len", type=int, default=64, help="tokens generated per completion")
     p.add_argument("--beta", type=float, default=0.04, help="β (0: no reference forward)")
+    p.add_argument("--shape", default="toy", choices=("toy", "qwen2.5-0.5b"), help="model shape (see above)")
+    p.add_argument("--prompt_len", type=int, default=None, help="characters per prompt (qwen2.5-0.5b: 256)")
     p.add_argument("--embed_dim", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--steps", type=int, default=6, help="timed iterations per run (after the warm-up)")
-    p.add_argument("--warmup", type=int, default=2, help="iterations excluded (compilation, first calls)")
-    p.add_argument("--repeats", type=int, default=2, help="alternating r1jax / TRL runs")
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
+    p.add_argument("--steps", type=int, default=None, help="timed iterations per run (toy 6, qwen2.5-0.5b 2)")
+    p.add_argument("--warmup", type=int, default=None, help="iterations excluded (toy 2, qwen2.5-0.5b 1)")
+    p.add_argument("--repeats", type=int, default=None, help="alternating r1jax / TRL runs (toy 2, qwen2.5-0.5b 1)")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPUs both sides are pinned to")
     p.add_argument("--trl-python", default=os.environ.get("R1JAX_TORCH_PYTHON", ".venv-torch/bin/python"))
     p.add_argument("--make-venv", default=None, help="create a venv with torch (CPU), transformers, trl here first")
     p.add_argument("--json", default=None, help="write the figures here; the headline TRL / r1jax time is `ratio`")
-    return p.parse_args()
+    args = p.parse_args()
+    big = args.shape == "qwen2.5-0.5b"
+    for name, toy, qwen in (("steps", 6, 2), ("warmup", 2, 1), ("repeats", 2, 1), ("prompt_len", None, 256)):
+        if getattr(args, name) is None:
+            setattr(args, name, qwen if big else toy)
+    return args
 
 
 def make_venv(path: str) -> str:
@@ -121,11 +138,16 @@ def build_shared(tmp: str, args) -> tuple[str, list[str], str, int]:
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     from r1jax.data import tasks
-    from r1jax.models import ModelConfig, init_model, save_hf_checkpoint
+    from r1jax.models import ModelConfig, get_preset, init_model, save_hf_checkpoint
 
     records = [e.to_dict() for e in tasks.get_task("arithmetic").generate(256, seed=1, difficulty=1)]
+    if args.prompt_len:  # every prompt exactly prompt_len characters (= tokens): the question repeated
+        for r in records:
+            r["question"] = ((r["question"] + " ") * (args.prompt_len // len(r["question"]) + 1))[: args.prompt_len]
     chars = sorted({ch for r in records for ch in r["question"]} | set("abcdefghijklmnopqrstuvwxyz0123456789 .,<>/="))
     vocab = {"<pad>": 0, **{ch: i + 1 for i, ch in enumerate(chars)}}
+    if args.shape == "qwen2.5-0.5b":  # the real vocabulary size: filler tokens after the characters
+        vocab.update({f"<t{i}>": i for i in range(len(vocab), 151_936)})
     model_vocab = len(vocab)
     vocab["<eos>"] = model_vocab  # outside the model's vocabulary: never generated, so every row runs to length T
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
@@ -133,19 +155,22 @@ def build_shared(tmp: str, args) -> tuple[str, list[str], str, int]:
     tok.add_special_tokens(["<pad>", "<eos>"])
     mdir = os.path.join(tmp, "model")
     d = args.embed_dim
-    cfg = ModelConfig(
-        vocab_size=model_vocab,
-        embed_dim=d,
-        mlp_dim=3 * d,
-        num_layers=args.layers,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=d // 4,
-        qkv_bias=True,
-        tie_embeddings=True,
-        max_seq_len=1024,
-        rope_theta=10_000.0,
-    )
+    if args.shape == "qwen2.5-0.5b":
+        cfg = get_preset("qwen2.5-0.5b", vocab_size=model_vocab, max_seq_len=1024)
+    else:
+        cfg = ModelConfig(
+            vocab_size=model_vocab,
+            embed_dim=d,
+            mlp_dim=3 * d,
+            num_layers=args.layers,
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=d // 4,
+            qkv_bias=True,
+            tie_embeddings=True,
+            max_seq_len=1024,
+            rope_theta=10_000.0,
+        )
     save_hf_checkpoint(init_model(cfg, seed=0), mdir)
     tok.save(os.path.join(mdir, "tokenizer.json"))
     with open(os.path.join(mdir, "tokenizer_config.json"), "w") as f:
@@ -171,7 +196,7 @@ def r1jax_config(args, mdir: str, train: str):
     c.rl.mu, c.rl.beta = 1, args.beta
     c.rl.loss_type, c.rl.epsilon_low, c.rl.epsilon_high, c.rl.scale_rewards = "dapo", 0.2, 0.28, "group"
     c.sampling.temperature, c.sampling.top_p = 1.0, 1.0
-    c.sampling.max_new_tokens, c.sampling.max_prompt_len = args.completion_len, 128
+    c.sampling.max_new_tokens, c.sampling.max_prompt_len = args.completion_len, max(128, args.prompt_len or 0)
     c.rewards.weights = {"language": 1.0}
     c.optim.learning_rate, c.optim.decay, c.optim.b2 = 1e-5, "constant", 0.99
     c.optim.weight_decay, c.optim.grad_clip = 0.0, 1.0
@@ -222,7 +247,7 @@ def run_trl(args, python, mdir, prompts, tmp, k) -> dict:
         json.dump(spec, f)
     with open(worker, "w") as f:
         f.write(TRL_WORKER)
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TOKENIZERS_PARALLELISM="false")
+    env = dict(harness.torch_env(args.threads), TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run([python, worker, spec_path], env=env, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"TRL worker failed:\n{proc.stderr[-4000:]}")
@@ -236,13 +261,23 @@ def main():
     if args.warmup < 1:
         raise SystemExit("--warmup must be >= 1 (the first iteration compiles)")
     python = make_venv(args.make_venv) if args.make_venv else args.trl_python
+    threads = harness.pin_threads(args.threads)  # before jax starts: XLA sizes its pool from the allowed CPUs
+    load = harness.LoadMonitor(own_threads=args.threads)
     import jax
 
+    compile_events = []  # JAX's trace, lowering and backend-compile durations; summed over r1jax's first run
+
+    def on_event(name, secs, **_):
+        if name.startswith("/jax/core/compile/") and name.endswith("_duration"):
+            compile_events.append(secs)
+
+    jax.monitoring.register_event_duration_secs_listener(on_event)
     with tempfile.TemporaryDirectory() as tmp:
         mdir, prompts, train, n_params = build_shared(tmp, args)
-        r1, trl_runs = [], []
+        r1, trl_runs, compile_s = [], [], None
         for k in range(args.repeats):  # alternate, so that load on the shared machine hits both alike
             r1.append(run_r1jax(args, mdir, train, os.path.join(tmp, f"r1jax{k}")))
+            compile_s = sum(compile_events) if compile_s is None else compile_s
             trl_runs.append(run_trl(args, python, mdir, prompts, tmp, k))
             print(
                 f"repeat {k}: r1jax {statistics.median(r1[-1]['iter_s']):.3f} s/iter, "
@@ -252,8 +287,20 @@ def main():
     r1_iters = [t for r in r1 for t in r["iter_s"]]
     trl_iters = [t for r in trl_runs for t in r["iter_s"]]
     med_r1, med_trl = statistics.median(r1_iters), statistics.median(trl_iters)
+    load_record = load.record()
+    r1_peak = harness.peak_rss_mib()  # this process ran r1jax (and built the shared checkpoint)
+    trl_peak = max(r["peak_rss_mib"] for r in trl_runs)
     figures = {
         "ratio": med_trl / med_r1,
+        "memory_ratio": r1_peak / trl_peak,
+        "compile_s": compile_s,
+        "load_avg": load_record,
+        "loaded": load_record["loaded"],
+        "threads": {"r1jax": threads, "trl_torch_threads": trl_runs[0]["threads"]},
+        "r1jax_peak_rss_mib": r1_peak,
+        "trl_peak_rss_mib": trl_peak,
+        "r1jax_iter_s_spread": harness.spread(r1_iters),
+        "trl_iter_s_spread": harness.spread(trl_iters),
         "r1jax_iter_s_median": med_r1,
         "trl_iter_s_median": med_trl,
         "r1jax_iter_s": r1_iters,
@@ -261,12 +308,14 @@ def main():
         "r1jax_completion_len": sorted(set(x for r in r1 for x in r["lengths"][: args.warmup + args.steps])),
         "trl_completion_len": sorted(set(x for r in trl_runs for x in r["lengths"])),
         "settings": {
+            "shape": args.shape,
             "P": args.prompts,
             "G": args.group,
             "T": args.completion_len,
+            "prompt_len": args.prompt_len,
             "beta": args.beta,
-            "embed_dim": args.embed_dim,
-            "layers": args.layers,
+            "embed_dim": args.embed_dim if args.shape == "toy" else None,
+            "layers": args.layers if args.shape == "toy" else None,
             "params": n_params,
             "timed_steps": args.steps,
             "warmup_steps_excluded": args.warmup,
@@ -283,7 +332,10 @@ def main():
         f"GRPO iteration, P={args.prompts} G={args.group} T={args.completion_len} β={args.beta}, "
         f"{n_params / 1e6:.1f}M params, medians of {len(r1_iters)} / {len(trl_iters)} steady-state iterations:"
     )
-    print(f"  r1jax {med_r1:.3f} s   TRL {med_trl:.3f} s   TRL / r1jax = {figures['ratio']:.2f}×")
+    rows = {"r1jax": figures["r1jax_iter_s_spread"], "TRL": figures["trl_iter_s_spread"]}
+    print(harness.table(rows, "s per iteration", load_record))
+    print(f"  TRL / r1jax = {figures['ratio']:.2f}×   r1jax compile {compile_s:.1f} s   both on {args.threads} CPUs")
+    print(f"  peak RSS: r1jax {r1_peak:,.0f} MiB, TRL {trl_peak:,.0f} MiB, r1jax / TRL = {figures['memory_ratio']:.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=2)

@@ -16,9 +16,11 @@
     r1jax pipeline --config experiments/pipeline.py:tiny --workdir DIR --config.reasoning_rl.rl.num_steps=20
 
 Each stage's settings are the named experiment file's config under the stage's name, so any field can be
-overridden (`--config.<stage>.<field>=...`); the checkpoint paths that chain the stages are filled in at run
-time. A stage whose export already exists is skipped, so a re-run after a crash continues at the unfinished
-stage (whose trainer resumes from its own checkpoints). Writes WORKDIR/results.md and WORKDIR/results.json.
+overridden (`--config.<stage>.<field>=...`). How the stages connect is declared below (`STAGES`): each stage's
+experiment file, its arg, and which of its config fields take which earlier stage's outputs; r1jax/pipeline.py
+fills those fields in at run time and runs the file's ENTRY. A stage whose export already exists is skipped, so
+a re-run after a crash continues at the unfinished stage (whose trainer resumes from its own checkpoints).
+Writes WORKDIR/results.md and WORKDIR/results.json.
 
 Args: `tiny` (the default; 15 minutes measured on 2 CPU cores, README), `runlocal` (2 steps per stage, for
 tests), `task=<name>`.
@@ -31,19 +33,84 @@ import ml_collections
 from r1jax import config_lib
 
 ENTRY = "r1jax.pipeline:run"
-STAGES = (
-    "stage0",
-    "r1_zero",
-    "cold_start",
-    "reasoning_rl",
-    "rejection_sampling",
-    "rejection_sft",
-    "reward_model",
-    "general_rl",
-    "student_base",
-    "distill",
-    "student_rl",
-)
+
+# The stages, in order. `inputs` maps a field of the stage's config to an earlier stage's output (r1jax/pipeline.py
+# OUTPUTS): 'model' (its export directory), 'tokenizer' (the export's tokenizer.model), 'data' (a data-set stage's
+# JSONL, as a one-file tuple for a tuple field), 'wall_time_s' (its measured wall time, times the pipeline config
+# field named third). `export` is what the stage leaves behind, and marks it complete: 'model', 'scorer' (a reward
+# model: a model export with a reward head) or 'data'; only 'model' exports are evaluated. `report` is a JSON file
+# of the stage's directory that goes into results.json under the stage's name.
+STAGES = {
+    "stage0": dict(experiment="pretrain", arg="{size},{task}", label="0 base (pretrained)"),
+    "r1_zero": dict(
+        experiment="r1_zero", arg="{size},{task}", label="1 R1-Zero", inputs={"model.checkpoint": ("stage0", "model")}
+    ),
+    "cold_start": dict(
+        experiment="cold_start",
+        arg="{size},{task}",
+        label="2 cold start SFT",
+        inputs={"model.checkpoint": ("stage0", "model")},
+    ),
+    "reasoning_rl": dict(
+        experiment="reasoning_rl",
+        arg="{size},{task}",
+        label="3 reasoning RL",
+        inputs={"model.checkpoint": ("cold_start", "model")},
+    ),
+    "rejection_sampling": dict(
+        experiment="rejection_sampling",
+        arg="{size},{task}",
+        label="4a rejection sampling (data)",
+        inputs={"model.checkpoint": ("reasoning_rl", "model")},
+        export="data",
+        report="stats.json",
+    ),
+    "rejection_sft": dict(
+        experiment="rejection_sft",
+        arg="{size}",
+        label="4 rejection-sampling SFT",
+        inputs={"model.checkpoint": ("stage0", "model"), "data.files": ("rejection_sampling", "data")},
+    ),
+    "reward_model": dict(
+        experiment="reward_model",
+        arg="{size}",
+        label="5a reward model",
+        inputs={"model.checkpoint": ("rejection_sft", "model")},
+        export="scorer",
+        report="results.json",
+    ),
+    "general_rl": dict(
+        experiment="general_rl",
+        arg="{size},{task}",
+        label="5 all-scenario RL = R1 (teacher)",
+        inputs={"model.checkpoint": ("rejection_sft", "model"), "rewards.reward_model": ("reward_model", "model")},
+    ),
+    "student_base": dict(
+        experiment="pretrain",
+        arg="{size},{task}",
+        label="6a student base",
+        inputs={"tokenizer.path": ("stage0", "tokenizer")},  # the student shares the teacher's tokenizer
+    ),
+    "distill": dict(
+        experiment="distill",
+        arg="{size}",
+        label="6 distilled student",
+        inputs={
+            "model.checkpoint": ("student_base", "model"),
+            "data.files": ("rejection_sampling", "data"),
+            "teacher.checkpoint": ("general_rl", "model"),
+        },
+    ),
+    "student_rl": dict(
+        experiment="r1_zero",
+        arg="{size},{task}",
+        label="6b student, R1-Zero RL (distill's wall time)",
+        inputs={
+            "model.checkpoint": ("student_base", "model"),
+            "rl.max_time_s": ("distill", "wall_time_s", "student_rl_time_factor"),
+        },
+    ),
+}
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -54,27 +121,44 @@ def _load(name: str, arg: str) -> ml_collections.ConfigDict:
 def get_config(arg=None):
     arg = config_lib.parse_arg(arg, tiny=True, runlocal=False, task="arithmetic")
     size = "runlocal" if arg.runlocal else "tiny"
-    task = f"task={arg.task}"
     c = ml_collections.ConfigDict()
-    c.stages = STAGES  # the stages to run, in this order; a stage needs the exports of the ones it starts from
-    c.stage0 = _load("pretrain", f"{size},{task}")
-    c.r1_zero = _load("r1_zero", f"{size},{task}")
-    c.cold_start = _load("cold_start", f"{size},{task}")
-    c.reasoning_rl = _load("reasoning_rl", f"{size},{task}")
-    c.rejection_sampling = _load("rejection_sampling", f"{size},{task}")
-    c.rejection_sft = _load("rejection_sft", size)
-    c.reward_model = _load("reward_model", size)
-    c.general_rl = _load("general_rl", f"{size},{task}")
-    c.student_base = _load("pretrain", f"{size},{task}")
+    c.stages = tuple(STAGES)  # the stages to run, in this order; a stage needs the exports of the ones it starts from
+    c.plan = ml_collections.ConfigDict()  # STAGES as config data: what r1jax/pipeline.py executes
+    for name, stage in STAGES.items():
+        stage_arg = stage["arg"].format(size=size, task=f"task={arg.task}")
+        c.plan[name] = ml_collections.ConfigDict(
+            {
+                "experiment": os.path.join(_HERE, f"{stage['experiment']}.py"),
+                "arg": stage_arg,
+                "label": stage["label"],
+                "export": stage.get("export", "model"),
+                "report": stage.get("report", ""),
+                # (field, source stage, output[, factor field]): ConfigDict keys cannot hold the fields' dots
+                "inputs": tuple((field, *source) for field, source in stage.get("inputs", {}).items()),
+            }
+        )
+        c[name] = _load(stage["experiment"], stage_arg)
     c.student_base.model.preset = "tiny-student"
     c.student_base.tokenizer.train_vocab_size = 0  # the teacher's tokenizer (stage0's), set at run time
-    c.distill = _load("distill", size)
     c.distill.init_from_scratch = False  # start from student_base, like the RL baseline
-    c.student_rl = _load("r1_zero", f"{size},{task}")
     c.student_rl.rl.num_steps = 100_000  # the wall-time budget (rl.max_time_s, set at run time) ends it
     c.student_rl.optim.decay = "constant"
     c.student_rl_time_factor = 1.0  # student_rl's wall-time budget = this × distill's measured training time
-    c.eval = _load("eval", f"tiny,{task}")  # one held-out evaluation for every stage's model
+    # Plain-language comparisons of the evaluated stages (paper 4.1): (stage a, stage b, what the line compares).
+    c.comparisons = (
+        ("distill", "general_rl", "student vs teacher"),
+        ("distill", "student_rl", "distillation vs RL on the student (same wall time)"),
+        ("distill", "student_base", "distillation vs the student's base"),
+    )
+    # The distillation set is sampled from the stage-3 checkpoint (paper 2.3.3 / 2.4), so that is the pass@1 a
+    # distilled student approaches; the paper's 4.1 question is which student gets closer to it.
+    c.closer_to_source = ml_collections.ConfigDict(
+        {
+            "source": "reasoning_rl",
+            "sides": (("distill", "distillation", "distilled student"), ("student_rl", "RL", "RL student")),
+        }
+    )
+    c.eval = _load("eval", f"tiny,task={arg.task}")  # one held-out evaluation for every stage's model
     c.eval.eval.num_prompts = 64
     c.eval.eval.num_samples = 4
     if arg.runlocal:

@@ -6,7 +6,14 @@ answer), so that the base model follows the format part of the time and is right
 
     r1jax train --config experiments/pretrain.py:tiny --workdir /tmp/r1jax/stage0
 
-Args: `tiny` (2-core CPU, minutes; the default) or `runlocal` (a few steps, for tests).
+Args: `tiny` (2-core CPU, minutes; the default) or `runlocal` (a few steps, for tests). `headroom` (arithmetic
+only) swaps in a harder base: 3-digit sums (difficulty 6) whose corpus mixes one-step direct answers (often
+wrong), worked column solutions and worked solutions whose slip a "Wait, let me re-check:" step fixes, the tags on
+half of every style; R1-Zero from it has to move the policy toward worked, checked solutions to gain accuracy:
+
+    r1jax train --config experiments/pretrain.py:tiny,headroom --workdir /tmp/r1jax/stage0_headroom
+    r1jax train --config experiments/r1_zero.py:tiny,headroom --workdir /tmp/r1jax/r1_zero_headroom \\
+        --config.model.checkpoint=/tmp/r1jax/stage0_headroom/model
 """
 
 from r1jax import config_lib
@@ -17,7 +24,9 @@ ENTRY = "r1jax.trainers.sft:train"
 
 
 def get_config(arg=None):
-    arg = config_lib.parse_arg(arg, tiny=True, runlocal=False, task="arithmetic")
+    arg = config_lib.parse_arg(arg, tiny=True, runlocal=False, task="arithmetic", headroom=False)
+    if arg.headroom and arg.task != "arithmetic":
+        raise ValueError(f"config arg headroom with task={arg.task!r}: only 'arithmetic' has the solution styles")
     c = sft.sft_config()
     c.init_from_scratch = True
     c.model.preset = "tiny"
@@ -36,6 +45,13 @@ def get_config(arg=None):
     c.optim.warmup_steps = 50
     c.log_every = 20
     c.checkpoint.every = 400
+    if arg.headroom:
+        c.data.difficulty = 6  # 3-digit + 3-digit: a ~1M model cannot add these in one step
+        c.data.format_rate = 0.5  # the tags wrap half of every style, so format alone is not the story
+        c.data.direct_rate = 0.5  # one-step answers: short, and often wrong ...
+        c.data.direct_error_rate = 0.3  # ... in the corpus too
+        c.data.recheck_rate = 0.15  # worked solutions whose slip a re-check step catches and fixes
+        c.num_steps = 900  # 600 steps learn the worked form but misread operand digits (held-out accuracy ~0.07)
     if arg.runlocal:
         c.data.num_examples = 400
         c.tokenizer.train_vocab_size = 320

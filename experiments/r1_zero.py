@@ -20,11 +20,15 @@ from r1jax.trainers import grpo
 
 ENTRY = "r1jax.trainers.grpo:train"
 
-REAL_MODELS = ("qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-7b", "qwen2.5-math-1.5b", "qwen2.5-math-7b", "llama-3.1-8b")
+REAL_MODELS = (
+    "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "qwen2.5-7b", "qwen2.5-math-1.5b", "qwen2.5-math-7b", "llama-3.1-8b",
+)
 
 
 def get_config(arg=None):
-    arg = config_lib.parse_arg(arg, positional="model", model="tiny", runlocal=False, task="arithmetic")
+    arg = config_lib.parse_arg(arg, positional="model", model="tiny", runlocal=False, task="arithmetic", headroom=False)
+    if arg.headroom and (arg.model != "tiny" or arg.task != "arithmetic"):
+        raise ValueError(f"config arg headroom with model={arg.model!r}, task={arg.task!r}: tiny arithmetic only")
     c = grpo.grpo_config()
     c.model.preset = arg.model
     c.data.task = arg.task
@@ -47,6 +51,9 @@ def get_config(arg=None):
         c.eval.num_prompts = 64
         c.eval.num_samples = 4
         c.checkpoint.every = 20
+        if arg.headroom:  # the base of experiments/pretrain.py:tiny,headroom
+            c.data.difficulty = 6
+            c.sampling.max_new_tokens = 128  # 3-digit sums: worked <= 86 tokens with EOS, re-checked <= 112
     elif arg.model in REAL_MODELS:
         c.template = "r1_zero"
         c.model.dtype = "bfloat16"
@@ -78,7 +85,9 @@ def get_config(arg=None):
 
 def sweep(add):
     """`r1jax sweep --config experiments/r1_zero.py:tiny --workdir DIR --config.model.checkpoint=...`: group size G
-    against the loss aggregation (paper eq. 3 'grpo' versus token-level 'dapo'), six runs in DIR/<run-name>."""
+    against the loss aggregation (paper eq. 3 'grpo' versus token-level 'dapo'), six runs in DIR/<run-name>.
+    A sweep chooses settings, so it should read validation numbers: add --config.eval.split=validation (reported
+    numbers come from the default, 'test')."""
     for loss_type in ("dapo", "grpo"):
         for group_size in (4, 8, 16):
             add(**{"rl.loss_type": loss_type, "rl.group_size": group_size})

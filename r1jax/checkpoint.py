@@ -12,7 +12,7 @@ and sha256 of the data-iterator and identity JSON. Restore recomputes and compar
 
 Paths that come from configs can be confined to a directory with `safe_path(path, root)` (`load_model(...,
 allowed_root=...)`, config `model.allowed_root`): a path that resolves, after `..` and symlinks, outside the root is
-refused.
+refused. `config_lib.check_paths` applies it to every path a config names when the config is loaded.
 
 A finished stage exports its model as a Hugging Face checkpoint directory (config.json + model.safetensors)
 plus its tokenizer, which is what the next stage (or transformers) loads.
@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
+
+from r1jax.config_lib import safe_path  # config paths and model loading share one check
 
 log = logging.getLogger(__name__)
 
@@ -324,19 +326,6 @@ def export_model(model, tokenizer, path: str) -> str:
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
     return path
-
-
-def safe_path(path: str, root: str) -> str:
-    """`path` resolved (symlinks, `..`, relative to the working directory), refused unless it lies inside `root`.
-
-    For paths that come from configs or other untrusted input: `root/../elsewhere` and a symlink inside root that
-    points out of it both raise ValueError naming the path and the root.
-    """
-    real_root = os.path.realpath(root)
-    real = os.path.realpath(path)
-    if os.path.commonpath([real_root, real]) != real_root:
-        raise ValueError(f"path {path!r} resolves to {real!r}, outside the allowed root {real_root!r}")
-    return real
 
 
 def load_model(path: str, *, dtype="float32", allowed_root: str = "", **config_overrides):

@@ -78,7 +78,55 @@ def load_config(spec: str, overrides=()) -> ml_collections.ConfigDict:
     module = load_module(path)
     config = module.get_config(arg or None)
     config.lock()
-    return apply_overrides(config, overrides)
+    return check_paths(apply_overrides(config, overrides))
+
+
+def safe_path(path: str, root: str) -> str:
+    """`path` resolved (symlinks, `..`, relative to the working directory), refused unless it lies inside `root`.
+
+    For paths that come from configs or other untrusted input: `root/../elsewhere` and a symlink inside root that
+    points out of it both raise ValueError naming the path and the root.
+    """
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise ValueError(f"path {path!r} resolves to {real!r}, outside the allowed root {real_root!r}")
+    return real
+
+
+# Config fields that name files or directories to read: checkpoints (model, teacher), tokenizers, data files,
+# the reward model. A field of one of these names holding a string or a tuple of strings is a path.
+PATH_FIELDS = ("checkpoint", "path", "train_files", "eval_files", "files", "reward_model")
+
+
+def check_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Refuse every path the config names that resolves outside `model.allowed_root`, when that is set.
+
+    One walk over the whole config (pipeline configs nest one config per stage; each stage's `model.allowed_root`
+    confines that stage, and a model config's own `allowed_root`, e.g. `teacher.allowed_root`, its subtree).
+    Called by `load_config`, so a path is refused before anything is read or compiled.
+    """
+
+    def walk(node: ml_collections.ConfigDict, prefix: str, root: str) -> None:
+        model = node.get("model")
+        if isinstance(model, ml_collections.ConfigDict) and model.get("allowed_root"):
+            root = model.allowed_root
+        if node.get("allowed_root"):
+            root = node.allowed_root
+        for key, value in node.items():
+            name = prefix + key
+            if isinstance(value, ml_collections.ConfigDict):
+                walk(value, name + ".", root)
+            elif root and key in PATH_FIELDS and isinstance(value, (str, tuple, list)):
+                for path in (value,) if isinstance(value, str) else value:
+                    if isinstance(path, str) and path:
+                        try:
+                            safe_path(path, root)
+                        except ValueError as e:
+                            raise ValueError(f"{name}={path!r}: {e} (model.allowed_root={root!r})") from None
+
+    walk(config, "", "")
+    return config
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:

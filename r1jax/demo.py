@@ -1,27 +1,51 @@
 """`r1jax demo`: the built-in default end to end on a laptop CPU.
 
     stage 0  pretrain a tiny base model on mixed-quality worked solutions   (experiments/pretrain.py:tiny)
-    eval     the base model on held-out prompts (pass@1 over k samples at T = 0.6, cons@k, greedy, format)
+    eval     the base model on held-out prompts (r1jax.evals: pass@1 over k samples at T = 0.6, format rate,
+             accuracy given format, lenient accuracy, cons@k, mean length, reflection rate; 95% intervals)
     stage 1  R1-Zero: GRPO with accuracy + format rewards                    (experiments/r1_zero.py:tiny)
     eval     the final policy on the same prompts
 
-A second run in the same workdir reuses the stage-0 model (and a finished stage 1). Overrides go to a stage by
-prefix: `--config.pretrain.num_steps=100`, `--config.r1_zero.rl.num_steps=10`.
+`--seeds N` runs seeds 0..N-1 (from `--seed`), each a full demo in WORKDIR/seed_<s>/, and pools them: point
+estimates over all seeds' samples, intervals by a bootstrap over seeds × prompts (r1jax.evals.bootstrap_ci).
+A seed whose results exist (same overrides) is reused, in WORKDIR/seed_<s>/ or, from a one-seed run, in WORKDIR;
+otherwise a second run in the same directory reuses the stage-0 model and the trainer resumes a finished stage 1.
+Overrides go to a stage by prefix: `--config.pretrain.num_steps=100`, `--config.r1_zero.rl.num_steps=10`.
+
+    WORKDIR/demo_results.json   base / final metrics with `<name>_ci`, length_ratio_last_first, k, num_prompts,
+                                split, seeds, per_seed
+    WORKDIR/demo_curves.png     reward, held-out accuracy, format rate, response length, reflection rate
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
 
-import numpy as np
-
 from r1jax import config_lib, evals
 from r1jax import metrics as metrics_lib
+from r1jax.data import provenance
+from r1jax.trainers import grpo as grpo_trainer
+from r1jax.trainers import sft as sft_trainer
 
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+# The metrics demo_results.json reports for `base` and `final`, each with `<name>_ci` = [low, high].
+RESULT_METRICS = (
+    "pass@1", "format_rate", "accuracy_given_format", "lenient_accuracy", "cons@k", "mean_length", "reflection_rate",
+)
+SEED_RESULTS = "demo_seed_results.json"  # one seed's evaluations with their per-prompt sums (for pooling seeds)
+LENGTH_KEY = "rl/completion_length_mean"  # the GRPO trainer's mean completion length of each step's rollouts
+LENGTH_WINDOW = 10
+CURVE_PANELS = {
+    "reward": ["rl/reward_mean"],
+    "held-out accuracy": ["eval/pass@1", "eval/accuracy_given_format", "eval/lenient_accuracy"],
+    "format rate": ["eval/format_rate"],
+    "response length (tokens)": [LENGTH_KEY, "eval/mean_length"],
+    "reflection rate": ["eval/reflection_rate"],
+}
 
 
 def _experiment(name: str) -> str:
@@ -43,12 +67,115 @@ def _stage_overrides(overrides, stage: str) -> list[str]:
     return out
 
 
-def run_demo(workdir: str, *, seed: int = 0, overrides=(), arg: str = "") -> dict:
-    from r1jax.trainers import grpo as grpo_trainer
-    from r1jax.trainers import sft as sft_trainer
+def _json_safe(x):
+    """NaN (e.g. accuracy given format when nothing was formatted) as null, so the JSON is standard."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
 
+
+def run_demo(workdir: str, *, seed: int = 0, seeds: int = 1, overrides=(), arg: str = "") -> dict:
+    """Runs (or reuses) the demo for `seeds` seeds from `seed`, writes demo_results.json and demo_curves.png,
+    prints the before/after table with intervals, and returns the results."""
+    if seeds < 1:
+        raise ValueError(f"seeds={seeds}: must be >= 1")
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
+    seed_list = list(range(seed, seed + seeds))
+    overrides = [o.removeprefix("--config.") for o in overrides]  # as the CLI and as run_demo's callers write them
+    dirs = {s: _seed_dir(workdir, s, seeds, overrides, arg) for s in seed_list}
+    runs = {s: _run_seed(dirs[s], s, overrides, arg) for s in seed_list}
+
+    first = runs[seed_list[0]]
+    results = {}
+    for model in ("base", "final"):
+        pooled = evals.summarize([evals.prompt_sums_from_json(r[model]["per_prompt"]) for r in runs.values()])
+        results[model] = {n: pooled[n] for name in RESULT_METRICS for n in (name, f"{name}_ci")}
+    ratios = [r["length_ratio_last_first"] for r in runs.values()]
+    results.update({
+        "length_ratio_last_first": sum(ratios) / len(ratios),  # the mean over seeds
+        "length_window": first["length_window"],
+        "k": first["k"],
+        "temperature": first["temperature"],
+        "num_prompts": first["num_prompts"],
+        "split": first["split"],
+        "seeds": seed_list,
+        "per_seed": {
+            str(s): {
+                **{m: {n: r[m][n] for name in RESULT_METRICS for n in (name, f"{name}_ci")} for m in ("base", "final")},
+                "length_ratio_last_first": r["length_ratio_last_first"],
+                "wall_time_s": r["wall_time_s"],
+                "workdir": dirs[s],
+            }
+            for s, r in runs.items()
+        },
+    })
+    if seeds == 1:
+        results["wall_time_s"] = first["wall_time_s"]
+    results = _json_safe(results)
+    with open(os.path.join(workdir, "demo_results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+
+    histories = {}
+    for s, r in runs.items():  # the base model's evaluation is each run's step 0
+        base_point = {"step": 0, **{f"eval/{n}": v for n, v in r["base"].items() if isinstance(v, (int, float))}}
+        histories[f"seed {s}"] = [base_point, *metrics_lib.read_history(os.path.join(dirs[s], "r1_zero"))]
+    plot = metrics_lib.plot_panels(
+        histories, CURVE_PANELS, os.path.join(workdir, "demo_curves.png"),
+        title=f"R1-Zero on the built-in default (seeds {', '.join(map(str, seed_list))})",
+    )
+    if plot:
+        shutil.copy(plot, os.path.join(dirs[seed_list[0]], "r1_zero", "tb", "demo_curves.png"))
+
+    print()
+    print(evals.markdown_table({"base (stage 0)": results["base"], "R1-Zero (stage 1)": results["final"]}))
+    how = "95% bootstrap intervals over prompts" + (" and seeds" if seeds > 1 else "")
+    print(f"\nk = {results['k']} samples per prompt at T = {results['temperature']}, {results['num_prompts']} "
+          f"held-out prompts (split '{results['split']}'), seeds {seed_list}; {how}.")
+    lr = results["length_ratio_last_first"]
+    print(f"Mean completion length, last {results['length_window']} RL steps / first {results['length_window']}: "
+          + ("n/a" if lr is None else f"{lr:.2f}"))
+    for s in seed_list:
+        print(f"TensorBoard logs: {os.path.join(dirs[s], 'stage0', 'tb')}  {os.path.join(dirs[s], 'r1_zero', 'tb')}")
+    print(f"Curves (reward, accuracy, format, length, reflection): {plot}")
+    print(f"Results: {os.path.join(workdir, 'demo_results.json')}")
+    return results
+
+
+def _finished(workdir: str, seed: int, overrides: list[str], arg: str) -> dict | None:
+    """The saved results of the seed's run in `workdir` when they exist for the same seed and overrides."""
+    path = os.path.join(workdir, SEED_RESULTS)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        saved = json.load(f)
+    return saved if (saved["seed"], saved["overrides"], saved["arg"]) == (seed, overrides, arg) else None
+
+
+def _seed_dir(workdir: str, seed: int, seeds: int, overrides: list[str], arg: str) -> str:
+    """WORKDIR itself for one seed; WORKDIR/seed_<s> for several, except that a finished one-seed demo in
+    WORKDIR (`r1jax demo` before `r1jax demo --seeds 3`) serves its seed when seed_<s> holds no results."""
+    if seeds == 1:
+        return workdir
+    own = os.path.join(workdir, f"seed_{seed}")
+    if _finished(own, seed, overrides, arg) is None and _finished(workdir, seed, overrides, arg) is not None:
+        return workdir
+    return own
+
+
+def _run_seed(workdir: str, seed: int, overrides: list[str], arg: str) -> dict:
+    """One full demo (stage 0, base eval, R1-Zero, final eval) in `workdir`, or its saved results when they
+    exist for the same overrides; the evaluations keep their per-prompt sums."""
+    os.makedirs(workdir, exist_ok=True)
+    saved_path = os.path.join(workdir, SEED_RESULTS)
+    saved = _finished(workdir, seed, overrides, arg)
+    if saved is not None:
+        print(f"[demo] seed {seed}: reusing the finished results in {saved_path}")
+        return saved
     times = {}
     suffix = f":{arg}" if arg else ""
 
@@ -59,9 +186,9 @@ def run_demo(workdir: str, *, seed: int = 0, overrides=(), arg: str = "") -> dic
     base_model = os.path.join(stage0, "model")
     t = time.perf_counter()
     if os.path.exists(os.path.join(base_model, "config.json")):
-        print(f"[demo] stage 0: reusing the base model in {base_model}")
+        print(f"[demo] seed {seed}, stage 0: reusing the base model in {base_model}")
     else:
-        print("[demo] stage 0: tokenizer + pretraining a tiny base model on mixed-quality worked solutions")
+        print(f"[demo] seed {seed}, stage 0: tokenizer + pretraining a tiny base model on mixed-quality solutions")
         sft_trainer.train(pre_cfg, stage0)
     times["stage0_s"] = time.perf_counter() - t
 
@@ -72,45 +199,39 @@ def run_demo(workdir: str, *, seed: int = 0, overrides=(), arg: str = "") -> dic
 
     # -- base evaluation ---------------------------------------------------------------------------------------
     t = time.perf_counter()
-    print("[demo] evaluating the base model")
-    base = evals.evaluate_model_dir(rl_cfg, base_model)
+    print(f"[demo] seed {seed}: evaluating the base model")
+    base = evals.evaluate_model_dir(rl_cfg, base_model, per_prompt=True, manifest_dir=stage0)
     times["eval_base_s"] = time.perf_counter() - t
 
     # -- stage 1: R1-Zero --------------------------------------------------------------------------------------
     t = time.perf_counter()
-    print("[demo] stage 1: R1-Zero (GRPO, accuracy + format rewards)")
+    print(f"[demo] seed {seed}, stage 1: R1-Zero (GRPO, accuracy + format rewards)")
     rl_dir = os.path.join(workdir, "r1_zero")
     grpo_trainer.train(rl_cfg, rl_dir)
     times["r1_zero_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    print("[demo] evaluating the final policy")
-    final = evals.evaluate_model_dir(rl_cfg, os.path.join(rl_dir, "model"))
+    print(f"[demo] seed {seed}: evaluating the final policy")
+    final = evals.evaluate_model_dir(rl_cfg, os.path.join(rl_dir, "model"), per_prompt=True, manifest_dir=rl_dir)
+    provenance.check_disjoint(workdir)  # no evaluated question was trained on (raises, naming them, if one was)
     times["eval_final_s"] = time.perf_counter() - t
 
-    keys = evals.METRICS
-    results = {
-        "base": {k: base[k] for k in keys},
-        "final": {k: final[k] for k in keys},
-        "k": rl_cfg.eval.num_samples,
-        "num_prompts": base["num_prompts"],
+    ratio, window = metrics_lib.window_ratio(metrics_lib.read_history(rl_dir), LENGTH_KEY, LENGTH_WINDOW)
+    out = _json_safe({
         "seed": seed,
+        "overrides": overrides,
+        "arg": arg,
+        "base": base,
+        "final": final,
+        "k": rl_cfg.eval.num_samples,
+        "temperature": rl_cfg.eval.temperature,
+        "num_prompts": base["num_prompts"],
+        "split": rl_cfg.eval.split,
+        "length_ratio_last_first": ratio,
+        "length_window": window,
         "wall_time_s": times,
-    }
-    with open(os.path.join(workdir, "demo_results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    base_point = {"step": 0, **{f"eval/{k}": v for k, v in base.items() if np.ndim(v) == 0}}  # the base at step 0
-    plot = metrics_lib.plot_curves(
-        [base_point, *metrics_lib.read_history(rl_dir)], ["rl/reward_mean", "eval/pass@1", "eval/format_rate"],
-        os.path.join(workdir, "demo_curves.png"), title="R1-Zero on the built-in default",
-    )
-    if plot:
-        shutil.copy(plot, os.path.join(rl_dir, "tb", "demo_curves.png"))
-    print()
-    print(evals.markdown_table({"base (stage 0)": base, "R1-Zero (stage 1)": final}))
-    print(f"\nk = {results['k']} samples per prompt at T = {rl_cfg.eval.temperature}, "
-          f"{results['num_prompts']} held-out prompts; wall time {sum(times.values()):.0f} s")
-    print(f"TensorBoard logs: {os.path.join(stage0, 'tb')}  {os.path.join(rl_dir, 'tb')}")
-    print(f"Reward / held-out accuracy plot: {plot}")
-    print(f"Results: {os.path.join(workdir, 'demo_results.json')}")
-    return results
+        "environment": provenance.environment(),
+    })
+    with open(saved_path, "w") as f:
+        json.dump(out, f, indent=1)
+    return out

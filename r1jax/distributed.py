@@ -21,7 +21,11 @@ and logged metrics are global.
 
 Preemption: with `jax.distributed` running, its SIGTERM notifier feeds orbax's preemption sync point
 (`CheckpointManager.reached_preemption(step)`), which turns true on every process at the same step; a Python
-SIGTERM handler would replace that notifier, so `preemption_guard` installs one only in a single process.
+SIGTERM handler would replace that notifier, so `preemption_guard` installs one only in a single process. Every
+trainer checks both after each step through r1jax/trainers/loop.py, the one preemption path.
+
+SFT, distillation and the reward model draw the whole global batch on every process from one seeded iterator;
+`global_batch` places each process's rows of it.
 """
 
 from __future__ import annotations
@@ -178,6 +182,21 @@ def host_to_global(tree, shardings):
             data = jax.make_array_from_process_local_data(sharding, np.asarray(jax.random.key_data(x)))
             return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
         return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+    return jax.tree.map(one, tree, shardings)
+
+
+def global_batch(tree, shardings):
+    """Global arrays from a batch that every process holds whole (numpy), as the SFT and reward-model data
+    iterators produce it: each process places the rows its devices hold. Alone, this is `jax.device_put`."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+    if isinstance(shardings, jax.sharding.Sharding):  # one sharding for every leaf, as jax.device_put allows
+        shardings = jax.tree.map(lambda _: shardings, tree)
+
+    def one(x, sharding):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
     return jax.tree.map(one, tree, shardings)
 

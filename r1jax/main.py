@@ -2,7 +2,7 @@
 
     r1jax train --config experiments/r1_zero.py:tiny --workdir /tmp/r1z [--config.rl.group_size=8 ...]
     r1jax eval  --config experiments/eval.py:tiny --workdir /tmp/ev --config.model.checkpoint=/tmp/r1z/model
-    r1jax demo  --workdir /tmp/r1jax_demo            # stage 0 → R1-Zero → before/after evaluation
+    r1jax demo  --workdir /tmp/r1jax_demo [--seeds 3] # stage 0 → R1-Zero → before/after table with intervals
     r1jax pipeline --config experiments/pipeline.py:tiny --workdir /tmp/r1
     r1jax sweep --config experiments/r1_zero.py:tiny --workdir /tmp/sw [--print-launch tpu --tpu-name N --zone Z]
     r1jax results --workdir /tmp/sw                  # final metrics of each run of a sweep, one Markdown table
@@ -37,7 +37,9 @@ def _parser(command: str) -> argparse.ArgumentParser:
     p.add_argument("--config", required=needs_config, help="experiment file and arg, e.g. experiments/r1_zero.py:tiny")
     p.add_argument("--workdir", required=command != "demo", default=None, help="where checkpoints and logs go")
     if command == "demo":
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=int, default=0, help="the (first) seed")
+        p.add_argument("--seeds", type=int, default=1,
+                       help="run seeds SEED..SEED+N-1, each in WORKDIR/seed_<s>/, and pool them with intervals")
     if command == "sweep":
         p.add_argument("--print-launch", choices=("local", "tpu"), default=None,
                        help="print the command that starts each run instead of running them here")
@@ -88,7 +90,9 @@ def run(argv=None) -> int:
     if command == "demo":
         from r1jax import demo
 
-        demo.run_demo(args.workdir or os.path.abspath("r1jax_demo"), seed=args.seed, overrides=overrides)
+        demo.run_demo(
+            args.workdir or os.path.abspath("r1jax_demo"), seed=args.seed, seeds=args.seeds, overrides=overrides
+        )
         return 0
     result = run_experiment(args.config, args.workdir, overrides)
     print(json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float, str))}, indent=1, default=str))

@@ -84,6 +84,59 @@ def plot_curves(history: list[dict], keys: list[str], path: str, title: str = ""
     return path
 
 
+def plot_panels(
+    runs: dict[str, list[dict]], panels: dict[str, list[str]], path: str, title: str = ""
+) -> str | None:
+    """Several metrics per panel and several runs per metric, against step, written as a PNG.
+
+    runs: label (e.g. 'seed 0') -> history (`read_history`); panels: panel title -> metric keys drawn in it.
+    Panels whose keys no run logged are left out; None if nothing is left.
+    """
+    panels = {t: ks for t, ks in panels.items() if any(k in h for hist in runs.values() for h in hist for k in ks)}
+    if not panels:
+        return None
+    from matplotlib.figure import Figure  # no pyplot: no global backend change, works headless
+
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(4.6 * cols, 3.4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False).reshape(-1)
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    for ax, (panel, keys) in zip(axes, panels.items()):
+        for label, history in runs.items():
+            for key in keys:
+                pts = [(h["step"], h[key]) for h in history if key in h]
+                if pts:
+                    name = key if len(runs) == 1 else f"{label}: {key}"
+                    ax.plot([q[0] for q in pts], [q[1] for q in pts], marker="o" if len(pts) < 30 else None,
+                            ms=3, label=name)
+        ax.set_title(panel)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def window_ratio(history: list[dict], key: str, window: int = 10) -> tuple[float, int]:
+    """(mean of `key` over the last `window` logged steps) / (mean over the first `window`), and the window used.
+
+    With fewer than 2·window steps logged the window shrinks to half of them, so the two windows never overlap.
+    NaN when fewer than 2 steps logged `key`.
+    """
+    values = [h[key] for h in history if key in h]
+    w = min(window, len(values) // 2)
+    if w < 1:
+        return float("nan"), 0
+    first = float(np.mean(values[:w]))
+    return (float(np.mean(values[-w:])) / first if first else float("nan")), w
+
+
 def progress(total: int, initial: int = 0, desc: str = ""):
     """A progress bar with rate and ETA; silent on non-zero processes."""
     return tqdm(

@@ -1,78 +1,54 @@
 """`r1jax pipeline`: the stages of DeepSeek-R1 chained, each export feeding the next, and one results table.
 
-The stages and their configs are declared in experiments/pipeline.py (one sub-config per stage, named after
-it); this module fills in the paths that connect them, runs what is not finished, evaluates every model on the
-same held-out prompts (r1jax.evals: pass@1 over k samples, cons@k, greedy accuracy, format rate, language
-consistency, mean length), and writes WORKDIR/results.md and WORKDIR/results.json.
+The stages, their configs and how they connect are declared in experiments/pipeline.py: one sub-config per stage
+(named after it), and under `plan.<stage>` the stage's experiment file, label, what it exports and which of its
+config fields take which earlier stage's outputs. This module executes that declaration and names no stage: it
+fills in the wired fields, runs each unfinished stage with its experiment file's ENTRY, evaluates every exported
+model on the same held-out prompts (r1jax.evals: pass@1 over k samples, cons@k, greedy accuracy, format rate,
+language consistency, mean length), and writes WORKDIR/results.md and WORKDIR/results.json.
 
-    WORKDIR/<stage>/model/            the stage's export (HF directory + tokenizer): the stage is complete
-    WORKDIR/rejection_sampling/data.jsonl    (the data-set stage's completion marker)
-    WORKDIR/<stage>/pipeline_stage.json      wall time and final metrics of the run that finished the stage
+    WORKDIR/<stage>/model/                   a 'model' or 'scorer' export: the stage is complete
+    WORKDIR/<stage>/data.jsonl               a 'data' export (rejection sampling's set): the stage is complete
+    WORKDIR/<stage>/pipeline_stage.json      wall time, wired inputs and final metrics of the run that finished it
     WORKDIR/<stage>/eval.json                the held-out evaluation of the stage's model (cached)
 
 A re-run skips complete stages and cached evaluations; an unfinished stage is started again in its own
 directory, where its trainer resumes from its checkpoints (rejection sampling from its finished chunks).
-
-The student comparison follows the paper's section 4.1: the same small base model (`student_base`) is either
-distilled (SFT on the teacher's curated samples) or trained by R1-Zero-style RL for the same wall time as the
-distillation took; the table reports both, whichever is better.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import time
 
 import ml_collections
 
-from r1jax import evals
+from r1jax import config_lib, evals
+from r1jax import metrics as metrics_lib
+from r1jax.data import provenance
+from r1jax.models import config_from_hf
+from r1jax.rewards.reward_model import is_exported
 
-LABELS = {
-    "stage0": "0 base (pretrained)",
-    "r1_zero": "1 R1-Zero",
-    "cold_start": "2 cold start SFT",
-    "reasoning_rl": "3 reasoning RL",
-    "rejection_sampling": "4a rejection sampling (data)",
-    "rejection_sft": "4 rejection-sampling SFT",
-    "reward_model": "5a reward model",
-    "general_rl": "5 all-scenario RL = R1 (teacher)",
-    "student_base": "6a student base",
-    "distill": "6 distilled student",
-    "student_rl": "6b student, R1-Zero RL (distill's wall time)",
-}
-ENTRIES = {
-    "stage0": "r1jax.trainers.sft:train",
-    "r1_zero": "r1jax.trainers.grpo:train",
-    "cold_start": "r1jax.trainers.sft:train",
-    "reasoning_rl": "r1jax.trainers.grpo:train",
-    "rejection_sampling": "r1jax.trainers.rejection_sampling:run",
-    "rejection_sft": "r1jax.trainers.sft:train",
-    "reward_model": "r1jax.trainers.reward_model:train",
-    "general_rl": "r1jax.trainers.grpo:train",
-    "student_base": "r1jax.trainers.sft:train",
-    "distill": "r1jax.trainers.distill:train",
-    "student_rl": "r1jax.trainers.grpo:train",
-}
-NOT_EVALUATED = ("rejection_sampling", "reward_model")
 STAGE_FILE, EVAL_FILE = "pipeline_stage.json", "eval.json"
+EXPORTS = ("model", "scorer", "data")  # what a stage leaves behind (`plan.<stage>.export`)
+OUTPUTS = ("model", "tokenizer", "data", "wall_time_s")  # what a later stage's config field can take from it
 
 
 def _model(workdir: str, stage: str) -> str:
     return os.path.join(workdir, stage, "model")
 
 
-def _data_set(workdir: str) -> str:
-    return os.path.join(workdir, "rejection_sampling", "data.jsonl")
+def _data_set(workdir: str, stage: str) -> str:
+    return os.path.join(workdir, stage, "data.jsonl")
 
 
-def is_complete(workdir: str, stage: str) -> bool:
+def is_complete(workdir: str, stage: str, export: str) -> bool:
     """Whether the stage's export is there (written atomically by its trainer, last)."""
-    if stage == "rejection_sampling":
-        return os.path.exists(_data_set(workdir))
-    if stage == "reward_model":
-        from r1jax.trainers.reward_model import is_exported
-
+    if export == "data":
+        return os.path.exists(_data_set(workdir, stage))
+    if export == "scorer":
         return is_exported(_model(workdir, stage))
     return os.path.exists(os.path.join(_model(workdir, stage), "config.json"))
 
@@ -91,47 +67,82 @@ def _write_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
+def validate(c) -> None:
+    """The declaration is consistent: every stage run has a plan, every input names a declared stage, a known
+    output and an existing field; raised before any stage runs."""
+    for stage in c.stages:
+        if stage not in c.plan:
+            raise ValueError(f"stages={tuple(c.stages)}: {stage!r} has no plan.{stage}; declared: {tuple(c.plan)}")
+        spec = c.plan[stage]
+        if spec.export not in EXPORTS:
+            raise ValueError(f"plan.{stage}.export={spec.export!r}: expected one of {EXPORTS}")
+        for field, source, output, *factor in spec.inputs:
+            where = f"plan.{stage}.inputs {field!r}"
+            if source not in c.plan:
+                raise ValueError(f"{where}: source stage {source!r} is not declared ({tuple(c.plan)})")
+            if output not in OUTPUTS:
+                raise ValueError(f"{where}: output {output!r}: expected one of {OUTPUTS}")
+            if (output == "wall_time_s") != bool(factor):
+                raise ValueError(
+                    f"{where}: ({source!r}, {output!r}, *{factor}): a factor field goes with 'wall_time_s'"
+                )
+            if factor and factor[0] not in c:
+                raise ValueError(f"{where}: factor field {factor[0]!r} is not a pipeline config field")
+            _field_parent(c[stage], field, where)
+
+
+def _field_parent(cfg, field: str, where: str):
+    """(the ConfigDict holding `field`, its last name)."""
+    *path, name = field.split(".")
+    node = cfg
+    for part in path:
+        node = node[part] if part in node else None
+        if not isinstance(node, ml_collections.ConfigDict):
+            raise ValueError(f"{where}: the stage's config has no field {field!r}")
+    if name not in node:
+        raise ValueError(f"{where}: the stage's config has no field {field!r}")
+    return node, name
+
+
+def _output(c, workdir: str, stage: str, field: str, source: str, output: str, *factor):
+    """The value `source`'s `output` gives `stage`'s config field `field`."""
+    if output == "model":
+        return _model(workdir, source)
+    if output == "tokenizer":
+        return os.path.join(_model(workdir, source), "tokenizer.model")
+    if output == "data":
+        return _data_set(workdir, source)
+    done = _read_json(os.path.join(workdir, source, STAGE_FILE))
+    if done is None:
+        raise RuntimeError(
+            f"{stage}: {field} takes {source}'s wall time, but {workdir}/{source}/{STAGE_FILE} is missing; run the "
+            f"{source} stage (delete WORKDIR/{source} to redo it)"
+        )
+    return float(c[factor[0]] * done["wall_time_s"])
+
+
 def stage_config(c, stage: str, workdir: str) -> ml_collections.ConfigDict:
-    """The stage's config (a copy) with the paths to the exports it starts from."""
+    """The stage's config (a copy) with the fields its plan wires to earlier stages' outputs filled in."""
     cfg = ml_collections.ConfigDict(c[stage].to_dict())
-    m = lambda s: _model(workdir, s)
-    starts_from = {
-        "r1_zero": "stage0",
-        "cold_start": "stage0",
-        "reasoning_rl": "cold_start",
-        "rejection_sampling": "reasoning_rl",
-        "rejection_sft": "stage0",
-        "reward_model": "rejection_sft",
-        "general_rl": "rejection_sft",
-        "distill": "student_base",
-        "student_rl": "student_base",
-    }
-    if stage in starts_from:
-        cfg.model.checkpoint = m(starts_from[stage])
-    if stage in ("rejection_sft", "distill"):
-        cfg.data.files = (_data_set(workdir),)
-    if stage == "general_rl":
-        cfg.rewards.reward_model = m("reward_model")
-    if stage == "student_base":
-        cfg.tokenizer.path = os.path.join(m("stage0"), "tokenizer.model")  # the student shares the teacher's
-    if stage == "distill":
-        cfg.teacher.checkpoint = m("general_rl")
-    if stage == "student_rl":
-        done = _read_json(os.path.join(workdir, "distill", STAGE_FILE))
-        if done is None:
-            raise RuntimeError(
-                f"student_rl: its wall-time budget is distill's, but {workdir}/distill/{STAGE_FILE} is missing; "
-                "run the distill stage (delete WORKDIR/distill to redo it)"
-            )
-        cfg.rl.max_time_s = float(c.student_rl_time_factor * done["wall_time_s"])
+    for field, *source in c.plan[stage].inputs:
+        node, name = _field_parent(cfg, field, f"plan.{stage}.inputs {field!r}")
+        value = _output(c, workdir, stage, field, *source)
+        node[name] = (value,) if isinstance(node[name], tuple) else value  # e.g. data.files, a tuple of files
     return cfg
 
 
-def _run_stage(c, stage: str, workdir: str) -> dict:
-    import importlib
+def wired_inputs(c, stage: str, cfg) -> dict:
+    """The values the plan wired into the stage's config `cfg`, by field."""
+    out = {}
+    for field, *_ in c.plan[stage].inputs:
+        node, name = _field_parent(cfg, field, f"plan.{stage}.inputs {field!r}")
+        out[field] = node[name]
+    return out
 
+
+def _run_stage(c, stage: str, workdir: str) -> dict:
     cfg = stage_config(c, stage, workdir)
-    module, _, fn = ENTRIES[stage].partition(":")
+    module, _, fn = config_lib.load_module(c.plan[stage].experiment).ENTRY.partition(":")
     stage_dir = os.path.join(workdir, stage)
     t0 = time.perf_counter()
     result = getattr(importlib.import_module(module), fn)(cfg, stage_dir)
@@ -139,9 +150,7 @@ def _run_stage(c, stage: str, workdir: str) -> dict:
     if "preempted_at" in result:
         raise SystemExit(f"[pipeline] {stage}: preempted at step {result['preempted_at']}; re-run to resume")
     scalars = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
-    record = {"wall_time_s": wall, "result": scalars}
-    if stage == "student_rl":
-        record["max_time_s"] = cfg.rl.max_time_s
+    record = {"wall_time_s": wall, "inputs": wired_inputs(c, stage, cfg), "result": scalars}
     _write_json(os.path.join(stage_dir, STAGE_FILE), record)
     return record
 
@@ -150,8 +159,6 @@ def _num_params(model_dir: str) -> int | None:
     path = os.path.join(model_dir, "config.json")
     if not os.path.exists(path):
         return None
-    from r1jax.models import config_from_hf
-
     with open(path) as fh:
         return config_from_hf(json.load(fh)).num_params()
 
@@ -160,41 +167,52 @@ def _machine() -> dict:
     return {"cpus": os.cpu_count(), "load_average_1_5_15": list(os.getloadavg())}
 
 
+def _last_step(stage_dir: str) -> int | None:
+    steps = [h["step"] for h in metrics_lib.read_history(stage_dir)]
+    return max(steps) if steps else None
+
+
 def run(config, workdir: str) -> dict:
-    """Runs the unfinished stages of `config.stages`, evaluates every model, writes the results table."""
+    """Runs the unfinished stages of `config.stages`, evaluates every exported model, writes the results table."""
     c = config
-    unknown = [s for s in c.stages if s not in ENTRIES]
-    if unknown:
-        raise ValueError(f"stages={tuple(c.stages)}: unknown {unknown}; expected names from {tuple(ENTRIES)}")
+    validate(c)
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     t_start, machine_start = time.perf_counter(), _machine()
     ran = []
     for stage in c.stages:
-        if is_complete(workdir, stage):
+        if is_complete(workdir, stage, c.plan[stage].export):
             print(f"[pipeline] {stage}: complete, skipped")
             continue
-        print(f"[pipeline] {stage}: {LABELS[stage]}")
+        print(f"[pipeline] {stage}: {c.plan[stage].label}")
         _run_stage(c, stage, workdir)
         ran.append(stage)
 
     rows = {}
     for stage in c.stages:
-        if stage in NOT_EVALUATED:
+        if c.plan[stage].export != "model":
             continue
         path = os.path.join(workdir, stage, EVAL_FILE)
         metrics = _read_json(path)
         if metrics is None:
             print(f"[pipeline] evaluating {stage}")
             metrics = {
-                k: v for k, v in evals.evaluate_model_dir(c.eval, _model(workdir, stage)).items() if k != "samples"
+                k: v
+                for k, v in evals.evaluate_model_dir(
+                    c.eval, _model(workdir, stage), manifest_dir=os.path.join(workdir, stage)
+                ).items()
+                if k != "samples"
             }
             metrics = {k: float(v) if hasattr(v, "item") else v for k, v in metrics.items()}
             _write_json(path, metrics)
         rows[stage] = metrics
 
+    # Every stage wrote the questions it trained and evaluated on; a held-out question that some stage trained on
+    # makes the table meaningless, so the run stops here, naming the questions and the stages.
+    data_check = provenance.check_disjoint(workdir)
     results = {
         "stages": {},
+        "data_check": data_check,
         "eval": {
             "k": c.eval.eval.num_samples,
             "num_prompts": c.eval.eval.num_prompts,
@@ -206,69 +224,82 @@ def run(config, workdir: str) -> dict:
     for stage in c.stages:
         done = _read_json(os.path.join(workdir, stage, STAGE_FILE)) or {}
         entry = {
-            "label": LABELS[stage],
+            "label": c.plan[stage].label,
             "wall_time_s": done.get("wall_time_s"),
             "num_params": _num_params(_model(workdir, stage)),
             **rows.get(stage, {}),
         }
-        if stage == "student_rl":
-            entry["max_time_s"] = done.get("max_time_s")
-            entry["rl_steps"] = _last_step(os.path.join(workdir, stage))
+        budget = [(field, source) for field, source, output, *_ in c.plan[stage].inputs if output == "wall_time_s"]
+        if budget:  # a stage run for an earlier stage's wall time: its budget and how many steps it got
+            field, source = budget[0]
+            entry["time_budget_s"] = done.get("inputs", {}).get(field)
+            entry["time_budget_from"] = source
+            entry["steps"] = _last_step(os.path.join(workdir, stage))
         results["stages"][stage] = entry
-    if "rejection_sampling" in c.stages:
-        results["rejection_sampling"] = _read_json(os.path.join(workdir, "rejection_sampling", "stats.json"))
-    if "reward_model" in c.stages:
-        results["reward_model"] = _read_json(os.path.join(workdir, "reward_model", "results.json"))
-    results["comparisons"] = comparisons(rows)
+    for stage in c.stages:
+        if c.plan[stage].report:
+            results[stage] = _read_json(os.path.join(workdir, stage, c.plan[stage].report))
+    results["comparisons"] = comparisons(rows, c)
     results["run"] = {
         "this_invocation_wall_time_s": time.perf_counter() - t_start,
         "stages_run": ran,
         "machine_at_start": machine_start,
         "machine_at_end": _machine(),
+        "environment": provenance.environment(),
     }
     _write_json(os.path.join(workdir, "results.json"), results)
-    text = results_markdown(results)
+    text = results_markdown(results, c)
     with open(os.path.join(workdir, "results.md"), "w") as fh:
         fh.write(text)
     print(text)
     return {"stages_run": ",".join(ran), **{f"{s}/pass@1": m["pass@1"] for s, m in rows.items()}}
 
 
-def _last_step(stage_dir: str) -> int | None:
-    from r1jax import metrics as metrics_lib
-
-    history = metrics_lib.read_history(stage_dir)
-    steps = [h["step"] for h in history if "rl/reward_mean" in h]
-    return max(steps) if steps else None
-
-
-def comparisons(rows: dict) -> list[str]:
-    """Plain-language lines for the student rows (paper 4.1), stating which side is better."""
+def comparisons(rows: dict, c) -> list[str]:
+    """Plain-language lines for the declared comparisons (`comparisons`, `closer_to_source`: paper 4.1), stating
+    which side is better; a line whose stages were not evaluated is left out."""
     out = []
-
-    def line(a, b, what):
+    for a, b, what in c.comparisons:
         if a in rows and b in rows:
             pa, pb = rows[a]["pass@1"], rows[b]["pass@1"]
             verdict = "better than" if pa > pb else "equal to" if pa == pb else "NOT better than"
-            out.append(f"{what}: {LABELS[a]} pass@1 {pa:.3f} is {verdict} {LABELS[b]} pass@1 {pb:.3f}")
-
-    line("distill", "general_rl", "student vs teacher")
-    line("distill", "student_rl", "distillation vs RL on the student (same wall time)")
-    line("distill", "student_base", "distillation vs the student's base")
-    # The distillation set is sampled from the stage-3 checkpoint (paper 2.3.3 / 2.4), so that is the pass@1 a
-    # distilled student approaches; the paper's 4.1 question is which student gets closer to it.
-    if all(s in rows for s in ("reasoning_rl", "distill", "student_rl")):
-        src = rows["reasoning_rl"]["pass@1"]
-        gap_d, gap_r = abs(rows["distill"]["pass@1"] - src), abs(rows["student_rl"]["pass@1"] - src)
-        closer = "distillation" if gap_d < gap_r else "RL" if gap_r < gap_d else "neither"
+            out.append(f"{what}: {c.plan[a].label} pass@1 {pa:.3f} is {verdict} {c.plan[b].label} pass@1 {pb:.3f}")
+    src, ((a, name_a, who_a), (b, name_b, who_b)) = c.closer_to_source.source, c.closer_to_source.sides
+    if all(s in rows for s in (src, a, b)):
+        p = rows[src]["pass@1"]
+        gap_a, gap_b = abs(rows[a]["pass@1"] - p), abs(rows[b]["pass@1"] - p)
+        closer = name_a if gap_a < gap_b else name_b if gap_b < gap_a else "neither"
         out.append(
-            f"closer to the data's source ({LABELS['reasoning_rl']}, pass@1 {src:.3f}): distilled student "
-            f"|Δ| {gap_d:.3f}, RL student |Δ| {gap_r:.3f} → {closer}"
+            f"closer to the data's source ({c.plan[src].label}, pass@1 {p:.3f}): {who_a} |Δ| {gap_a:.3f}, "
+            f"{who_b} |Δ| {gap_b:.3f} → {closer}"
         )
     return out
 
 
-def results_markdown(results: dict) -> str:
+def _data_set_lines(report: dict) -> list[str]:
+    """A 'data' export's report (rejection sampling's stats.json): kept fractions and the rows written."""
+    kept = ", ".join(f"{k} {v['kept_fraction']:.2f}" for k, v in report.items() if "kept_fraction" in v)
+    data = report["data"]
+    return [
+        f"Rejection sampling, kept fraction per filter (in order): {kept}; "
+        f"{data['num_reasoning']} reasoning + {data['num_non_reasoning']} non-reasoning rows."
+    ]
+
+
+def _reward_model_lines(report: dict) -> list[str]:
+    """A 'scorer' export's report (its results.json): held-out pairwise accuracy before and after."""
+    init = report.get("eval_init/pairwise_accuracy")
+    return [
+        f"Reward model, held-out pairwise accuracy: {report['eval/pairwise_accuracy']:.3f}"
+        + (f" (before training {init:.3f})" if init is not None else "")
+        + f" on {report['data/num_eval_pairs']} pairs."
+    ]
+
+
+REPORT_LINES = {"data": _data_set_lines, "scorer": _reward_model_lines}  # by export kind
+
+
+def results_markdown(results: dict, c) -> str:
     cols = list(evals.METRICS)
     head = ["stage", "params", *cols, "stage wall s"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
@@ -284,32 +315,18 @@ def results_markdown(results: dict) -> str:
         f"Held-out {ev['task']} prompts: {ev['num_prompts']}; pass@1 averaged over k = {ev['k']} samples "
         f"at T = {ev['temperature']}, top-p = {ev['top_p']}; cons@{ev['k']} by majority vote.",
     ]
-    rs = results.get("rejection_sampling")
-    if rs:
-        kept = ", ".join(f"{k} {v['kept_fraction']:.2f}" for k, v in rs.items() if "kept_fraction" in v)
-        data = rs["data"]
-        lines += [
-            "",
-            f"Rejection sampling, kept fraction per filter (in order): {kept}; "
-            f"{data['num_reasoning']} reasoning + {data['num_non_reasoning']} non-reasoning rows.",
-        ]
-    rm = results.get("reward_model")
-    if rm:
-        init = rm.get("eval_init/pairwise_accuracy")
-        lines += [
-            "",
-            f"Reward model, held-out pairwise accuracy: {rm['eval/pairwise_accuracy']:.3f}"
-            + (f" (before training {init:.3f})" if init is not None else "")
-            + f" on {rm['data/num_eval_pairs']} pairs.",
-        ]
+    for stage in results["stages"]:
+        report, kind = results.get(stage), c.plan[stage].export
+        if c.plan[stage].report and report and kind in REPORT_LINES:
+            lines += ["", *REPORT_LINES[kind](report)]
     if results["comparisons"]:
         lines += [""] + [f"- {x}" for x in results["comparisons"]]
-    srl = results["stages"].get("student_rl")
-    if srl and srl.get("max_time_s") is not None:
-        lines += [
-            f"- student RL budget {srl['max_time_s']:.0f} s (distill's stage wall time), "
-            f"{srl.get('rl_steps')} GRPO steps"
-        ]
+    for e in results["stages"].values():
+        if e.get("time_budget_s") is not None:
+            lines.append(
+                f"- {e['label']}: budget {e['time_budget_s']:.0f} s ({e['time_budget_from']}'s stage wall time), "
+                f"{e.get('steps')} steps"
+            )
     run = results["run"]
     lines += [
         "",

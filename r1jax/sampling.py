@@ -10,8 +10,16 @@ recompiling, and nothing returns to the host between tokens.
 Layout: row b = p * G + g holds sample g of prompt p (`group_b[b] = p`). Every row writes at the same cache slot
 (prompts are left-padded), RoPE positions continue from each prompt's own length, so padding never shifts them.
 
+Schedulers (`SamplingConfig.scheduler`): 'static' decodes all P·G rows as one batch until the longest stops;
+'continuous' decodes `num_slots` rows and, inside the same `lax.while_loop`, gives a slot whose sample stopped to
+the next pending sample (its prompt's prefilled KV copied into the slot), so long-tailed lengths do not leave most
+rows idle. Each slot writes at its own position, so a sample's tokens do not depend on its slot or start step: with
+the same rng both schedulers return the same tokens, and the KV cache is num_slots × (Tp + T), not P·G × (Tp + T).
+
 Randomness: row b uses key fold_in(fold_in(rng, b), t) at step t, so a row's sample depends only on (rng, b, its
-logits), not on the batch size, the mesh, or whether its prefill was shared.
+logits), not on the batch size, the mesh, the scheduler, or whether its prefill was shared. A token is drawn by
+inverse CDF over blocks of ids and then within a block (two uniforms per row and step), not by Gumbel-max, whose V
+random numbers per row would dominate a decode step at V = 151,936.
 
 Log-probs recorded by the sampler (`Rollout.logps_kind`):
   'raw'        the model's own distribution softmax(logits): temperature 1 without top-k/top-p, and also greedy
@@ -21,7 +29,10 @@ Log-probs recorded by the sampler (`Rollout.logps_kind`):
   'truncated'  the renormalised top-k / top-p distribution actually sampled from; no forward pass reproduces it,
                so a trainer that needs pi_old should recompute with `completion_logps` instead.
 
-Simplifications: no repetition penalty, min-p, or beam search; top-p sorts the full vocabulary every step.
+Top-p at vocabulary scale: the nucleus is looked for among the `top_p_prefilter` most likely tokens (`lax.top_k`,
+no sort of the vocabulary) and the vocabulary is sorted only for rows whose nucleus does not fit there.
+
+Simplifications: no repetition penalty, min-p, or beam search.
 """
 
 from __future__ import annotations
@@ -44,6 +55,7 @@ from r1jax.models.transformer import KVCache
 
 BUCKET_MODES = ("pow2", "multiple")
 LOGPS_KINDS = ("raw", "tempered", "truncated")
+SCHEDULERS = ("static", "continuous")
 
 # Incremented when a function of this module is traced (i.e. compiled for a new shape / config); tests read it to
 # check that a stream of batches of varying lengths compiles a bounded number of times.
@@ -64,6 +76,7 @@ class SamplingConfig:
     temperature: float = 1.0  # T > 0; ignored when greedy
     top_p: float = 1.0  # nucleus: smallest set of tokens with mass >= top_p (1.0 = off)
     top_k: int = 0  # keep the k most likely tokens (0 = off)
+    top_p_prefilter: int = 256  # top-p looks for the nucleus among this many most likely tokens (full sort if not)
     greedy: bool = False  # argmax instead of sampling
     eos_id: int | None = None  # stops a row; included in the completion mask
     stop_sequences: tuple[tuple[int, ...], ...] = ()  # token-id sequences that stop a row (included in the mask)
@@ -72,6 +85,8 @@ class SamplingConfig:
     completion_bucket: int = 0  # >0: trim the completion axis to a bucketed max(lengths) on the host (0 = keep all)
     bucket_mode: str = "pow2"  # 'pow2': bucket * 2^k; 'multiple': a multiple of the bucket
     share_prefill: bool = True  # False prefills each of the G copies separately (G× FLOPs; tests and benchmarks)
+    scheduler: str = "static"  # 'static': one batch of P·G rows; 'continuous': num_slots rows refilled as rows stop
+    num_slots: int = 0  # continuous: decode slots (0 = P·G, i.e. no refills); must be 0 for 'static'
 
     def __post_init__(self):
         if self.num_samples < 1:
@@ -82,6 +97,8 @@ class SamplingConfig:
             raise ValueError(f"sampling.temperature={self.temperature}: must be > 0 unless greedy=True")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"sampling.top_p={self.top_p}: must be in (0, 1]")
+        if self.top_p_prefilter < 1:
+            raise ValueError(f"sampling.top_p_prefilter={self.top_p_prefilter}: must be >= 1")
         if self.top_k < 0:
             raise ValueError(f"sampling.top_k={self.top_k}: must be >= 0 (0 = off)")
         if any(len(s) == 0 for s in self.stop_sequences):
@@ -97,6 +114,15 @@ class SamplingConfig:
             )
         if self.bucket_mode not in BUCKET_MODES:
             raise ValueError(f"sampling.bucket_mode={self.bucket_mode!r}: expected one of {BUCKET_MODES}")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"sampling.scheduler={self.scheduler!r}: expected one of {SCHEDULERS}")
+        if self.num_slots < 0:
+            raise ValueError(f"sampling.num_slots={self.num_slots}: must be >= 0 (0 = one slot per sample)")
+        if self.num_slots and self.scheduler == "static":
+            raise ValueError(
+                f"sampling.num_slots={self.num_slots} with sampling.scheduler='static': slots are a setting of the "
+                "'continuous' scheduler (the static one decodes all P·G rows at once)"
+            )
 
     def replace(self, **kw) -> SamplingConfig:
         return dataclasses.replace(self, **kw)
@@ -145,14 +171,31 @@ def process_logits(logits_bv: jax.Array, config: SamplingConfig) -> jax.Array:
         kth_b1 = jax.lax.top_k(x, config.top_k)[0][..., -1:]
         x = jnp.where(x < kth_b1, -jnp.inf, x)
     if config.top_p < 1.0:
-        sorted_bv = -jnp.sort(-x, axis=-1)  # descending
-        probs_bv = jax.nn.softmax(sorted_bv, axis=-1)
-        # Keep a token iff the mass strictly before it is < top_p: the token crossing the threshold stays in.
-        mass_before_bv = jnp.cumsum(probs_bv, axis=-1) - probs_bv
-        keep_bv = mass_before_bv < config.top_p
-        cutoff_b1 = jnp.min(jnp.where(keep_bv, sorted_bv, jnp.inf), axis=-1, keepdims=True)
-        x = jnp.where(x < cutoff_b1, -jnp.inf, x)
+        x = jnp.where(x < _nucleus_cutoff(x, config.top_p, config.top_p_prefilter), -jnp.inf, x)
     return x
+
+
+def _nucleus_cutoff_of_sorted(sorted_bm: jax.Array, lse_b1: jax.Array, top_p: float) -> jax.Array:
+    """Smallest kept logit (B, 1), given the m largest logits in descending order and the log-normaliser over the
+    whole vocabulary: a token is kept iff the mass strictly before it is < top_p (the one crossing stays in)."""
+    probs_bm = jnp.exp(sorted_bm - lse_b1)
+    mass_before_bm = jnp.cumsum(probs_bm, axis=-1) - probs_bm
+    return jnp.min(jnp.where(mass_before_bm < top_p, sorted_bm, jnp.inf), axis=-1, keepdims=True)
+
+
+def _nucleus_cutoff(x_bv: jax.Array, top_p: float, prefilter: int) -> jax.Array:
+    """Top-p cutoff without sorting the vocabulary: the nucleus is searched among the `prefilter` largest logits
+    (`lax.top_k`), which is exact whenever their mass reaches top_p; rows where it does not (a flat distribution)
+    take the cutoff from a full sort, computed only when some row of the batch needs it."""
+    lse_b1 = jax.nn.logsumexp(x_bv, axis=-1, keepdims=True)
+    full = lambda: _nucleus_cutoff_of_sorted(-jnp.sort(-x_bv, axis=-1), lse_b1, top_p)
+    m = min(prefilter, x_bv.shape[-1])
+    if m == x_bv.shape[-1]:
+        return full()
+    top_bm = jax.lax.top_k(x_bv, m)[0]
+    cutoff_b1 = _nucleus_cutoff_of_sorted(top_bm, lse_b1, top_p)
+    fits_b1 = jnp.sum(jnp.exp(top_bm - lse_b1), axis=-1, keepdims=True) >= top_p
+    return jax.lax.cond(jnp.all(fits_b1), lambda: cutoff_b1, lambda: jnp.where(fits_b1, cutoff_b1, full()))
 
 
 def select_tokens(logits_bv: jax.Array, keys_b: jax.Array, config: SamplingConfig) -> tuple[jax.Array, jax.Array]:
@@ -164,13 +207,46 @@ def select_tokens(logits_bv: jax.Array, keys_b: jax.Array, config: SamplingConfi
     if config.greedy:
         tokens_b = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
         logp_bv = jax.nn.log_softmax(logits_bv, axis=-1)
+        logps_b = jnp.take_along_axis(logp_bv, tokens_b[:, None], axis=-1)[:, 0]
     else:
         x_bv = process_logits(logits_bv, config)
-        gumbel_bv = jax.vmap(lambda k: jax.random.gumbel(k, x_bv.shape[-1:], jnp.float32))(keys_b)
-        tokens_b = jnp.argmax(x_bv + gumbel_bv, axis=-1).astype(jnp.int32)  # Gumbel-max: a sample of softmax(x)
-        logp_bv = jax.nn.log_softmax(x_bv, axis=-1)
-    logps_b = jnp.take_along_axis(logp_bv, tokens_b[:, None], axis=-1)[:, 0]
+        tokens_b, max_b, log_mass_b = _categorical(x_bv, keys_b)
+        # (x - max) - log(mass), in log_softmax's order: the recorded log-probs match `completion_logps`.
+        logps_b = (jnp.take_along_axis(x_bv, tokens_b[:, None], axis=-1)[:, 0] - max_b) - log_mass_b
     return tokens_b, logps_b
+
+
+_BLOCK = 128  # ids per block of the two-level inverse-CDF draw
+
+
+def _inverse_cdf(w_bn: jax.Array, u_b: jax.Array) -> jax.Array:
+    """Per row, the index i with cumsum(w)[i-1] <= u·sum(w) < cumsum(w)[i] (u in [0, 1)): a draw with probabilities
+    w / sum(w). Never an index of weight 0: rounding past the end falls back to the last positive weight."""
+    c_bn = jnp.cumsum(w_bn, axis=-1)
+    i_b = jnp.sum(c_bn <= u_b[:, None] * c_bn[:, -1:], axis=-1)
+    last_b = w_bn.shape[-1] - 1 - jnp.argmax((w_bn > 0)[:, ::-1], axis=-1)
+    return jnp.minimum(i_b, last_b).astype(jnp.int32)
+
+
+def _categorical(x_bv: jax.Array, keys_b: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One draw per row from softmax(x_bv) (-inf entries are never drawn) -> (tokens_b, max_b, log_mass_b), where
+    logsumexp(x_bv) = max_b + log_mass_b.
+
+    Inverse CDF in two levels: a block of _BLOCK consecutive ids by its mass, then an id inside it, from two
+    uniforms per row. The cost is one exp and a few adds per logit; a Gumbel-max draw would need V random numbers
+    per row, which at V = 151,936 costs more than the rest of a small model's decode step.
+    """
+    b, v = x_bv.shape
+    r = -(-v // _BLOCK)
+    x_brc = jnp.pad(x_bv, ((0, 0), (0, r * _BLOCK - v)), constant_values=-jnp.inf).reshape(b, r, _BLOCK)
+    max_b = jnp.max(x_bv, axis=-1)
+    w_brc = jnp.exp(x_brc - max_b[:, None, None])
+    mass_br = w_brc.sum(-1)
+    u_b2 = jax.vmap(lambda k: jax.random.uniform(k, (2,), jnp.float32))(keys_b)
+    block_b = _inverse_cdf(mass_br, u_b2[:, 0])
+    w_bc = jnp.take_along_axis(w_brc, block_b[:, None, None], axis=1)[:, 0]
+    tokens_b = block_b * _BLOCK + _inverse_cdf(w_bc, u_b2[:, 1])
+    return tokens_b, max_b, jnp.log(mass_br.sum(-1))
 
 
 def row_keys(rng: jax.Array, num_rows: int) -> jax.Array:
@@ -260,7 +336,7 @@ def _prefill(model, prompt_tokens_pt, prompt_mask_pt, config: SamplingConfig, me
     return _shard_rows((cache, logits_pv), mesh)
 
 
-def _rollout(graphdef, params, prompt_tokens_pt, prompt_mask_pt, rng, config: SamplingConfig, mesh):
+def _rollout(graphdef, params, prompt_tokens_pt, prompt_mask_pt, budget_b, rng, config: SamplingConfig, mesh):
     TRACE_COUNTS["rollout"] += 1
     model = nnx.merge(graphdef, params)
     p, g, t_new = prompt_tokens_pt.shape[0], config.num_samples, config.max_new_tokens
@@ -289,7 +365,8 @@ def _rollout(graphdef, params, prompt_tokens_pt, prompt_mask_pt, rng, config: Sa
                 logps_bt=put(state["logps_bt"], logps_b),
                 mask_bt=put(state["mask_bt"], active_b),
                 tail_bk=tail_bk,
-                done_b=state["done_b"] | (active_b & stop_b),
+                done_b=state["done_b"] | (active_b & (stop_b | (t + 1 >= budget_b))),
+                stopped_b=state["stopped_b"] | (active_b & stop_b),
                 last_b=_model_ids(tokens_b, active_b),
             ),
             mesh,
@@ -302,7 +379,8 @@ def _rollout(graphdef, params, prompt_tokens_pt, prompt_mask_pt, rng, config: Sa
         logps_bt=jnp.zeros((b, t_new), jnp.float32),
         mask_bt=jnp.zeros((b, t_new), bool),
         tail_bk=jnp.full((b, k_stop), -1, jnp.int32),  # last generated tokens, for stop sequences; -1 never matches
-        done_b=jnp.zeros((b,), bool),
+        done_b=jnp.zeros((b,), bool),  # stopped or at its budget
+        stopped_b=jnp.zeros((b,), bool),  # stopped by EOS or a stop sequence
         last_b=jnp.zeros((b,), jnp.int32),
     )
     state = record(_shard_rows(state, mesh), *select_tokens(logits_bv, _step_keys(keys_b, 0), config))
@@ -325,12 +403,173 @@ def _rollout(graphdef, params, prompt_tokens_pt, prompt_mask_pt, rng, config: Sa
         lengths_b=state["mask_bt"].sum(axis=1, dtype=jnp.int32),
         logps_bt=state["logps_bt"],
         group_b=jnp.arange(b, dtype=jnp.int32) // g,
-        truncated_b=~state["done_b"],
+        truncated_b=~state["stopped_b"],
+        logps_kind=config.logps_kind,
+    )
+
+
+def _decode_step_per_row(model, tokens_n, feed_n, cache: KVCache, index_n):
+    """One decode step where every row writes its token at its own cache slot `index_n` (continuous batching:
+    slots hold samples that started at different times). The model's cache writes all rows at one shared index,
+    so the step is vmapped over rows; the weight matmuls still see the whole (N, D) batch. Rows with feed_n=False
+    write a key that stays invalid and do not advance their RoPE position."""
+
+    def one(token_1, feed_1, k, v, valid_1s, pos_1, index):
+        row = KVCache(k=k, v=v, valid_bs=valid_1s, pos_b=pos_1, index=index)
+        hidden_11d, row = model(token_1[:, None], mask_bt=feed_1[:, None], cache=row)
+        return model.logits(hidden_11d[:, 0]), row.k, row.v, row.valid_bs, row.pos_b
+
+    # Rows enter the vmapped function as batches of one (a reshape, not a copy of the cache).
+    one_row = lambda x: x.reshape(x.shape[0], 1, *x.shape[1:])
+    logits_n1v, k, v, valid_n1s, pos_n1 = jax.vmap(one)(*jax.tree.map(
+        one_row, (tokens_n, feed_n, cache.k, cache.v, cache.valid_bs, cache.pos_b)
+    ), index_n)
+    merge = lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+    k, v, valid_ns, pos_n, logits_nv = jax.tree.map(merge, (k, v, valid_n1s, pos_n1, logits_n1v))
+    return logits_nv, KVCache(k=k, v=v, valid_bs=valid_ns, pos_b=pos_n, index=cache.index)
+
+
+def _rollout_continuous(
+    graphdef, params, prompt_tokens_pt, prompt_mask_pt, budget_b, rng, config: SamplingConfig, mesh
+):
+    """Continuous batching: N decode slots; when a sample stops, the next pending sample takes its slot.
+
+    Samples i = p * G + g wait in a queue in index order. Each prompt is prefilled once (P rows, or P·G rows with
+    share_prefill=False); a sample entering a slot gets its prompt's KV copied into the slot's prompt region and
+    its first token from the prompt's prefill logits. Slot n feeds its last token at its own position
+    Tp + step_n - 1, so a sample's computation, and its key fold_in(fold_in(rng, i), step), depend only on i.
+    The cache is N × (Tp + T) per layer, whatever P·G is.
+    """
+    TRACE_COUNTS["rollout"] += 1
+    model = nnx.merge(graphdef, params)
+    p, tp = prompt_tokens_pt.shape
+    g, t_new = config.num_samples, config.max_new_tokens
+    b = p * g
+    n = min(config.num_slots or b, b)
+    k_stop = max((len(s) for s in config.stop_sequences), default=1)
+
+    # -- prefill once per prompt: the source of every slot's prompt region and first-token logits --------------
+    if not config.share_prefill:
+        prompt_tokens_pt = jnp.repeat(prompt_tokens_pt, g, axis=0)
+        prompt_mask_pt = jnp.repeat(prompt_mask_pt, g, axis=0)
+    src_of = (lambda i: i // g) if config.share_prefill else (lambda i: i)
+    pre = KVCache.init(model.cfg, prompt_tokens_pt.shape[0], tp)
+    hidden_ptd, pre = model(_model_ids(prompt_tokens_pt, prompt_mask_pt), mask_bt=prompt_mask_pt, cache=pre)
+    prompt_logits_pv = model.logits(hidden_ptd[:, -1])
+    pre_k, pre_v, pre_pos_p = pre.k, pre.v, pre.pos_b
+
+    keys_b = row_keys(rng, b)
+    slots = _shard_rows(KVCache.init(model.cfg, n, tp + t_new), mesh)
+    state = dict(
+        cache=slots,
+        sample_n=jnp.full((n,), -1, jnp.int32),  # sample index held by each slot (-1: none yet)
+        step_n=jnp.zeros((n,), jnp.int32),  # tokens its sample has generated so far
+        active_n=jnp.zeros((n,), bool),
+        fresh_n=jnp.zeros((n,), bool),  # entered this step: its next logits come from the prefill
+        last_n=jnp.zeros((n,), jnp.int32),
+        tail_nk=jnp.full((n, k_stop), -1, jnp.int32),
+        next_sample=jnp.zeros((), jnp.int32),
+        tokens_bt=jnp.full((b, t_new), config.pad_id, jnp.int32),
+        logps_bt=jnp.zeros((b, t_new), jnp.float32),
+        mask_bt=jnp.zeros((b, t_new), bool),
+        stopped_b=jnp.zeros((b,), bool),
+    )
+
+    def refill(state):
+        """Free slots take the next pending samples, in slot order; their prompt KV is copied in."""
+        free_n = ~state["active_n"]
+        cand_n = state["next_sample"] + jnp.cumsum(free_n, dtype=jnp.int32) - 1
+        take_n = free_n & (cand_n < b)
+        sample_n = jnp.where(take_n, cand_n, state["sample_n"])
+        src_n = src_of(jnp.maximum(sample_n, 0))
+        cache = state["cache"]
+
+        def copy_prompts(kv):
+            # Only the prompt region [0, Tp) is written; stale completion slots are invalidated through valid_bs
+            # below. Under a cond, so steps where no sample enters skip the (N, Tp) select.
+            put = lambda slot, pre: jax.lax.dynamic_update_slice(
+                slot, jnp.where(take_n[:, None, None, None], pre[src_n], slot[:, :tp]), (0, 0, 0, 0)
+            )
+            return tuple(tuple(put(s, q) for s, q in zip(kv_slot, kv_pre)) for kv_slot, kv_pre in kv)
+
+        k, v = jax.lax.cond(
+            jnp.any(take_n), copy_prompts, lambda kv: (kv[0][0], kv[1][0]), ((cache.k, pre_k), (cache.v, pre_v))
+        )
+        prompt_valid_ns = jnp.concatenate([prompt_mask_pt[src_n], jnp.zeros((n, t_new), bool)], axis=1)
+        cache = KVCache(
+            k=k, v=v, valid_bs=jnp.where(take_n[:, None], prompt_valid_ns, cache.valid_bs),
+            pos_b=jnp.where(take_n, pre_pos_p[src_n], cache.pos_b), index=cache.index,
+        )
+        return _shard_rows(
+            dict(
+                state,
+                cache=cache,
+                sample_n=sample_n,
+                step_n=jnp.where(take_n, 0, state["step_n"]),
+                active_n=state["active_n"] | take_n,
+                fresh_n=take_n,
+                tail_nk=jnp.where(take_n[:, None], -1, state["tail_nk"]),
+                next_sample=state["next_sample"] + take_n.sum(dtype=jnp.int32),
+            ),
+            mesh,
+        )
+
+    def sample_and_record(state, logits_nv):
+        """Sample token step_n of each active slot's sample, write it at (sample, step), stop finished samples."""
+        sample_n, step_n, active_n = state["sample_n"], state["step_n"], state["active_n"]
+        logits_nv = jnp.where(state["fresh_n"][:, None], prompt_logits_pv[src_of(jnp.maximum(sample_n, 0))], logits_nv)
+        keys_n = jax.vmap(jax.random.fold_in)(keys_b[jnp.maximum(sample_n, 0)], step_n)
+        tokens_n, logps_n = select_tokens(logits_nv, keys_n, config)
+        tail_nk = jnp.concatenate([state["tail_nk"][:, 1:], tokens_n[:, None]], axis=1)
+        stop_n = jnp.zeros((n,), bool)
+        if config.eos_id is not None:
+            stop_n |= tokens_n == config.eos_id
+        for seq in config.stop_sequences:
+            stop_n |= jnp.all(tail_nk[:, k_stop - len(seq) :] == jnp.asarray(seq, jnp.int32), axis=1)
+        stop_n &= active_n
+        row_n = jnp.where(active_n, sample_n, b)  # inactive slots write out of bounds: dropped
+        put = lambda buf, val: buf.at[row_n, step_n].set(val.astype(buf.dtype), mode="drop")
+        return dict(
+            state,
+            tokens_bt=put(state["tokens_bt"], tokens_n),
+            logps_bt=put(state["logps_bt"], logps_n),
+            mask_bt=put(state["mask_bt"], jnp.ones((n,), bool)),
+            stopped_b=state["stopped_b"].at[row_n].set(stop_n, mode="drop"),
+            tail_nk=tail_nk,
+            last_n=jnp.where(active_n, tokens_n, state["last_n"]),
+            step_n=jnp.where(active_n, step_n + 1, step_n),
+            active_n=active_n & ~stop_n & (step_n + 1 < budget_b[jnp.maximum(sample_n, 0)]),
+            fresh_n=jnp.zeros((n,), bool),
+        )
+
+    state = refill(state)
+    state = refill(sample_and_record(state, jnp.zeros((n, prompt_logits_pv.shape[1]), jnp.float32)))
+
+    def body(state):
+        feed_n = state["active_n"] & ~state["fresh_n"]
+        index_n = tp + jnp.maximum(state["step_n"] - 1, 0)  # the fed token is completion token step_n - 1
+        logits_nv, cache = _decode_step_per_row(model, state["last_n"], feed_n, state["cache"], index_n)
+        return refill(sample_and_record(dict(state, cache=cache), logits_nv))
+
+    state = jax.lax.while_loop(lambda s: jnp.any(s["active_n"]), body, state)
+    out = _shard_rows(
+        dict(tokens_bt=state["tokens_bt"], logps_bt=state["logps_bt"], mask_bt=state["mask_bt"]), mesh
+    )
+    return Rollout(
+        prompt_tokens_pt=prompt_tokens_pt[:: 1 if config.share_prefill else g],
+        prompt_mask_pt=prompt_mask_pt[:: 1 if config.share_prefill else g],
+        completion_tokens_bt=out["tokens_bt"],
+        completion_mask_bt=out["mask_bt"],
+        lengths_b=out["mask_bt"].sum(axis=1, dtype=jnp.int32),
+        logps_bt=out["logps_bt"],
+        group_b=jnp.arange(b, dtype=jnp.int32) // g,
+        truncated_b=~state["stopped_b"],
         logps_kind=config.logps_kind,
     )
 
 
 _rollout_jit = jax.jit(_rollout, static_argnames=("graphdef", "config", "mesh"))
+_rollout_continuous_jit = jax.jit(_rollout_continuous, static_argnames=("graphdef", "config", "mesh"))
 
 
 def num_compilations() -> int:
@@ -346,6 +585,7 @@ def sample(
     config: SamplingConfig,
     *,
     mesh: jax.sharding.Mesh | None = None,
+    budgets: Sequence[int] | None = None,
 ) -> Rollout:
     """G samples for each of P prompts (lists of token ids) -> Rollout.
 
@@ -353,9 +593,23 @@ def sample(
     updated params do not recompile; or a model with params=None. With a `mesh` (Auto axis types), prompts and rows
     are split over its ('data', 'fsdp') axes, so P must be a multiple of their size; params are used where the caller
     placed them. One compilation per (prompt bucket, P, config).
+
+    `budgets`: optional per-sample completion budgets (P·G ints in 1..max_new_tokens, row order p * G + g); a
+    sample that reaches its budget stops and is `truncated`, as at max_new_tokens. A traced input: changing the
+    budgets does not recompile.
     """
     graphdef, params = _split(model_or_graphdef, params)
     tokens_pt, mask_pt = pad_prompts(prompts, config)
+    num_rows = len(prompts) * config.num_samples
+    if budgets is None:
+        budget_b = np.full((num_rows,), config.max_new_tokens, np.int32)
+    else:
+        budget_b = np.asarray(budgets, np.int32)
+        if budget_b.shape != (num_rows,) or budget_b.min() < 1 or budget_b.max() > config.max_new_tokens:
+            raise ValueError(
+                f"budgets: expected {num_rows} ints in [1, sampling.max_new_tokens={config.max_new_tokens}], got "
+                f"shape {budget_b.shape}, range [{budget_b.min()}, {budget_b.max()}]"
+            )
     multiprocess = mesh is not None and jax.process_count() > 1
     if mesh is not None:
         # Across processes `prompts` are this process's own (r1jax.distributed): it holds their shards only.
@@ -364,22 +618,46 @@ def sample(
             raise ValueError(
                 f"len(prompts)={len(prompts)} is not a multiple of the {shards} shards of mesh axes {_batch_spec(mesh)}"
             )
+        slots = min(config.num_slots or len(prompts) * config.num_samples, len(prompts) * config.num_samples)
+        if config.scheduler == "continuous" and slots % shards:
+            raise ValueError(
+                f"sampling.num_slots={config.num_slots} ({slots} slots) is not a multiple of the {shards} shards of "
+                f"mesh axes {_batch_spec(mesh)}"
+            )
         if multiprocess:  # every process contributes the same prompt width to the global array
             extra = distributed.process_max(tokens_pt.shape[1]) - tokens_pt.shape[1]
             tokens_pt = np.pad(tokens_pt, ((0, 0), (extra, 0)), constant_values=config.pad_id)
             mask_pt = np.pad(mask_pt, ((0, 0), (extra, 0)))
         sharding = NamedSharding(mesh, _batch_spec(mesh))
-        tokens_pt, mask_pt = distributed.host_to_global((tokens_pt, mask_pt), (sharding, sharding))
+        tokens_pt, mask_pt, budget_b = distributed.host_to_global(
+            (tokens_pt, mask_pt, budget_b), (sharding, sharding, sharding)
+        )
         rng = distributed.host_to_global(rng, NamedSharding(mesh, PS()))
     # Host-only fields are reset so that they do not key the compilation cache.
     traced_config = config.replace(prompt_bucket=1, completion_bucket=0, bucket_mode="pow2")
-    rollout = _rollout_jit(graphdef, params, tokens_pt, mask_pt, rng, config=traced_config, mesh=mesh)
+    rollout_fn = _rollout_continuous_jit if config.scheduler == "continuous" else _rollout_jit
+    rollout = rollout_fn(graphdef, params, tokens_pt, mask_pt, budget_b, rng, config=traced_config, mesh=mesh)
     if config.completion_bucket:
         rollout = trim_completions(rollout, config)
     if multiprocess:  # this process's prompts and their G completions each, as numpy (rows p * G + g, p local)
         rollout = distributed.global_to_host(rollout)
         rollout = rollout.replace(group_b=np.arange(rollout.lengths_b.shape[0], dtype=np.int32) // config.num_samples)
     return rollout
+
+
+def kv_cache_bytes(model_cfg, config: SamplingConfig, num_prompts: int, prompt_len: int) -> dict[str, int]:
+    """Bytes of the sampler's KV caches for P prompts padded to Tp tokens: 'prefill' (the per-prompt cache, P × Tp,
+    or P × (Tp + T) repeated to P·G rows under 'static') and 'decode' (rows × (Tp + T): P·G rows under 'static',
+    num_slots rows under 'continuous'), each counting keys, values and the validity mask."""
+    itemsize = jnp.dtype(model_cfg.dtype).itemsize
+    per_token = model_cfg.num_layers * 2 * model_cfg.num_kv_heads * model_cfg.head_dim * itemsize + 1
+    rows = num_prompts * config.num_samples
+    width = prompt_len + config.max_new_tokens
+    prefill_rows = num_prompts if config.share_prefill else rows
+    if config.scheduler == "continuous":
+        slots = min(config.num_slots or rows, rows)
+        return dict(prefill=prefill_rows * prompt_len * per_token, decode=slots * width * per_token)
+    return dict(prefill=prefill_rows * width * per_token, decode=rows * width * per_token)
 
 
 def trim_completions(rollout: Rollout, config: SamplingConfig) -> Rollout:
@@ -458,9 +736,13 @@ def generate(
     top_k: int = 0,
     eos_id: int | None = None,
     seed: int = 0,
+    scheduler: str = "static",
+    num_slots: int = 0,
 ) -> list[list[list[int]]]:
     """Per prompt, `num_samples` completions as token-id lists, cut at the first EOS (excluded). T=0 is greedy."""
     config = SamplingConfig(
+        scheduler=scheduler,
+        num_slots=num_slots,
         num_samples=num_samples,
         max_new_tokens=max_new_tokens,
         temperature=1.0 if temperature == 0 else temperature,

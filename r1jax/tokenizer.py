@@ -27,13 +27,31 @@ R1_ZERO_TEMPLATE = (
 )
 # A short template for the tiny built-in model: same tags, fewer prompt tokens to prefill on a CPU.
 SHORT_TEMPLATE = "User: {prompt} Assistant:"
-TEMPLATES = {"r1_zero": R1_ZERO_TEMPLATE, "short": SHORT_TEMPLATE, "plain": "{prompt}"}
+# The Qwen2.5-Math chat template with its chain-of-thought system prompt: the answer goes in \\boxed{}. Dr. GRPO
+# ("Understanding R1-Zero-Like Training") and SimpleRL-Zoo train Qwen base models from this kind of prompt.
+QWEN_MATH_TEMPLATE = (
+    "<|im_start|>system\nPlease reason step by step, and put your final answer within \\boxed{{}}.<|im_end|>\n"
+    "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
+)
+TEMPLATES = {"r1_zero": R1_ZERO_TEMPLATE, "short": SHORT_TEMPLATE, "plain": "{prompt}", "qwen_math": QWEN_MATH_TEMPLATE}
 
 
 def apply_template(question: str, template: str = "r1_zero") -> str:
     if template not in TEMPLATES:
         raise ValueError(f"template={template!r}: unknown; choose one of {sorted(TEMPLATES)}")
     return TEMPLATES[template].format(prompt=question)
+
+
+def strip_template(prompt: str, template: str) -> str:
+    """The question inside a prompt that `apply_template(question, template)` made; other text is returned as is
+    (a file whose prompts were templated some other way)."""
+    if template not in TEMPLATES:
+        raise ValueError(f"template={template!r}: unknown; choose one of {sorted(TEMPLATES)}")
+    head, _, tail = TEMPLATES[template].partition("{prompt}")
+    head, tail = head.replace("{{", "{").replace("}}", "}"), tail.replace("{{", "{").replace("}}", "}")
+    if prompt.startswith(head) and prompt.endswith(tail) and len(prompt) >= len(head) + len(tail):
+        return prompt[len(head) : len(prompt) - len(tail)]
+    return prompt
 
 
 class SentencePieceTokenizer:
@@ -47,7 +65,10 @@ class SentencePieceTokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 512, **kwargs) -> SentencePieceTokenizer:
-        """Train a BPE model; digits are split so that numbers tokenize one digit at a time."""
+        """Train a BPE model; digits are split so that numbers tokenize one digit at a time.
+
+        `texts` are read in the order given (no sampling of sentences), so the model is a function of the list.
+        """
         buf = io.BytesIO()
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(texts),
@@ -61,6 +82,9 @@ class SentencePieceTokenizer:
             pad_id=0, bos_id=1, eos_id=2, unk_id=3,
             max_sentence_length=16384,
             minloglevel=2,
+            # The vocabulary does not depend on the thread count (checked: 1, 2 and 8 threads give the same pieces
+            # and scores), but the model file records every trainer option, so none is read from the host: the
+            # same corpus gives the same tokenizer.model bytes on every machine with this sentencepiece version.
             num_threads=2,
             hard_vocab_limit=False,  # a small corpus may hold fewer pieces than asked for
             **kwargs,

@@ -1,12 +1,32 @@
-"""Shared test fixtures: a tiny stage-0 base model built once per session, and a JAX compilation cache for
-subprocess runs (a trainer started in a fresh process otherwise recompiles everything, ~3× its run time on CPU)."""
+"""Shared test fixtures: a tiny stage-0 base model built once per session, a JAX compilation cache for
+subprocess runs (a trainer started in a fresh process otherwise recompiles everything, ~3× its run time on CPU),
+and the GRPO test experiment with a reward of the test's own."""
 
 import os
 import pathlib
+import textwrap
 
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+REWARD_EXPERIMENT = '''
+"""experiments/r1_zero.py with the test reward {reward} (tests only)."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from r1jax import config_lib
+
+_base = config_lib.load_module({r1_zero!r})
+ENTRY = _base.ENTRY
+
+
+def get_config(arg=None):
+    c = _base.get_config(arg)
+    c.rewards.weights = {{{reward!r}: 1.0}}
+    return c
+'''
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +51,21 @@ def subprocess_env(tmp_path_factory) -> dict:
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     return env
+
+
+@pytest.fixture(scope="session")
+def reward_experiment():
+    """A factory: `make(directory, name, reward_source, function)` writes the module `name`_rewards.py (holding
+    `reward_source`) and the experiment `name`.py (experiments/r1_zero.py with `name`_rewards:`function` as its only
+    reward) into `directory`, and returns the experiment's path. Trainer tests use it because the near-random base
+    model never earns the shipped accuracy / format rewards, whose advantages would all be 0."""
+
+    def make(directory, name: str, reward_source: str, function: str) -> str:
+        directory = pathlib.Path(directory)
+        (directory / f"{name}_rewards.py").write_text(textwrap.dedent(reward_source))
+        r1_zero = str(REPO / "experiments" / "r1_zero.py")
+        experiment = REWARD_EXPERIMENT.format(reward=f"{name}_rewards:{function}", r1_zero=r1_zero)
+        (directory / f"{name}.py").write_text(textwrap.dedent(experiment))
+        return str(directory / f"{name}.py")
+
+    return make

@@ -16,10 +16,10 @@ import time
 import pytest
 from jax import monitoring
 
-from r1jax import config_lib
+from r1jax import config_lib, train_state
 from r1jax.main import run_experiment
 from r1jax.models import config_to_hf, get_preset
-from r1jax.trainers import common, grpo
+from r1jax.trainers import grpo
 
 R1_ZERO = str(pathlib.Path(__file__).resolve().parents[1] / "experiments" / "r1_zero.py")
 TIME_LIMIT_S = 2.0
@@ -129,4 +129,4 @@ def test_the_valid_configs_pass(model_dir):
 def test_grpo_default_has_no_weight_decay():
     """Zero-advantage steps leave params unchanged only without decoupled weight decay (see test_trainer_grpo)."""
     assert grpo.grpo_config().optim.weight_decay == 0.0
-    assert common.optimizer_config().weight_decay == 0.0
+    assert train_state.optimizer_config().weight_decay == 0.0

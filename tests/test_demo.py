@@ -1,17 +1,20 @@
 """The built-in default end to end, shortened: stage 0 → base eval → R1-Zero → final eval, in one process.
 
 The full demo (`r1jax demo`) is measured in benchmarks/RESULTS.md; this keeps its shape and checks that GRPO
-learns: with a fixed seed, the mean reward of the last RL steps is above that of the first ones.
+learns (with a fixed seed, the mean reward of the last RL steps is above that of the first ones), that
+demo_results.json's metrics agree with each other and with the saved per-prompt sums, and that `--seeds 2`
+pools two seeds.
 """
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 
-from r1jax import demo, evals
-from r1jax.metrics import read_history
+from r1jax import demo, evals, main
+from r1jax import metrics as metrics_lib
 
 SHORT = [
     "pretrain.num_steps=150",
@@ -28,6 +31,7 @@ SHORT = [
     "r1_zero.eval.num_samples=2",
     "r1_zero.checkpoint.every=100",
 ]
+FIELDS = {n for name in demo.RESULT_METRICS for n in (name, f"{name}_ci")}
 
 
 @pytest.fixture(scope="module")
@@ -36,43 +40,116 @@ def demo_run(tmp_path_factory):
     return workdir, demo.run_demo(workdir, seed=0, overrides=SHORT)
 
 
+def _seed_results(workdir):
+    with open(os.path.join(workdir, demo.SEED_RESULTS)) as f:
+        return json.load(f)
+
+
 def test_reward_rises(demo_run):
     workdir, _ = demo_run
-    rewards = [h["rl/reward_mean"] for h in read_history(os.path.join(workdir, "r1_zero")) if "rl/reward_mean" in h]
+    history = metrics_lib.read_history(os.path.join(workdir, "r1_zero"))
+    rewards = [h["rl/reward_mean"] for h in history if "rl/reward_mean" in h]
     assert len(rewards) == 10
     first, last = np.mean(rewards[:3]), np.mean(rewards[-3:])
     assert last > first + 0.05, rewards
 
 
-def test_results_json_and_artifacts(demo_run):
+def test_results_json_metrics_agree(demo_run):
     workdir, results = demo_run
     with open(os.path.join(workdir, "demo_results.json")) as f:
         saved = json.load(f)
     assert saved == json.loads(json.dumps(results))
+    assert (saved["k"], saved["num_prompts"], saved["seeds"], saved["split"]) == (2, 16, [0], "test")
+    per_seed = _seed_results(workdir)
     for model in ("base", "final"):
-        assert set(saved[model]) == set(evals.METRICS)
-        for key in ("pass@1", "cons@k", "greedy_accuracy", "format_rate"):
-            assert 0.0 <= saved[model][key] <= 1.0
-        assert saved[model]["mean_length"] > 0
-    assert saved["k"] == 2 and saved["seed"] == 0
+        m = saved[model]
+        assert set(m) == FIELDS
+        # pass@1 is strict: formatted and right, so it factors into format rate × accuracy given format.
+        assert m["pass@1"] == pytest.approx(m["format_rate"] * (m["accuracy_given_format"] or 0.0), abs=1e-9)
+        assert m["lenient_accuracy"] >= m["pass@1"]
+        for name in demo.RESULT_METRICS:
+            if m[name] is not None:
+                lo, hi = m[f"{name}_ci"]
+                assert lo - 1e-9 <= m[name] <= hi + 1e-9, (model, name, m[name], lo, hi)
+        # The point estimates are the ratios of the saved per-prompt sums (2 samples for each of 16 prompts).
+        sums = evals.prompt_sums_from_json(per_seed[model]["per_prompt"])
+        np.testing.assert_array_equal(sums["pass@1"][1], np.full(16, 2.0))
+        for name in ("pass@1", "format_rate", "mean_length", "reflection_rate", "cons@k"):
+            assert m[name] == pytest.approx(evals.ratio(*sums[name]), abs=1e-12), name
+        assert m == {k: saved["per_seed"]["0"][model][k] for k in FIELDS}
     assert set(saved["wall_time_s"]) == {"stage0_s", "eval_base_s", "r1_zero_s", "eval_final_s"}
-    assert os.path.exists(os.path.join(workdir, "demo_curves.png"))
-    assert os.listdir(os.path.join(workdir, "r1_zero", "tb"))
     # The format is learned first: the final policy uses the template more often than the base model.
     assert saved["final"]["format_rate"] > saved["base"]["format_rate"]
 
 
-def test_second_run_reuses_stage0(demo_run, capsys):
-    workdir, _ = demo_run
+def test_length_ratio_comes_from_the_trainer_log(demo_run):
+    workdir, saved = demo_run
+    history = metrics_lib.read_history(os.path.join(workdir, "r1_zero"))
+    lengths = [h[demo.LENGTH_KEY] for h in history if demo.LENGTH_KEY in h]
+    assert len(lengths) == 10 and saved["length_window"] == 5  # 10 steps: two windows of 5
+    assert saved["length_ratio_last_first"] == pytest.approx(np.mean(lengths[-5:]) / np.mean(lengths[:5]))
+    assert os.path.getsize(os.path.join(workdir, "demo_curves.png")) > 10_000
+    assert os.path.exists(os.path.join(workdir, "r1_zero", "tb", "demo_curves.png"))
+    # The trainer's final evaluation is logged with the new metrics, for the curves.
+    last = history[-1]
+    assert {"eval/accuracy_given_format", "eval/reflection_rate", "eval/lenient_accuracy"} <= set(last)
+
+
+def test_second_run_reuses_results(demo_run, capsys):
+    workdir, first = demo_run
     mtime = os.path.getmtime(os.path.join(workdir, "stage0", "model", "model.safetensors"))
-    demo.run_demo(workdir, seed=0, overrides=SHORT)
-    assert "reusing the base model" in capsys.readouterr().out
+    again = demo.run_demo(workdir, seed=0, overrides=SHORT)
+    out = capsys.readouterr().out
+    assert "reusing the finished results" in out
+    assert again == first
     assert os.path.getmtime(os.path.join(workdir, "stage0", "model", "model.safetensors")) == mtime
+    assert "| pass@1 | " in out and " [" in out  # the before/after table carries intervals
 
 
-def test_majority_vote_counts_missing_answers():
-    assert evals.majority_vote(["3", None, None, "4"]) is None
-    assert evals.majority_vote(["3", "4", "4", None]) == "4"
-    assert evals.majority_vote(["5", "3", "3", "5"]) == "5"  # ties go to the first seen
-    assert evals.pass_at_k(4, 1, 1) == pytest.approx(0.25)
-    assert evals.pass_at_k(4, 4, 2) == 1.0
+def test_two_seeds_are_pooled(demo_run, tmp_path):
+    workdir, first = demo_run
+    # Seed 0 is the finished one-seed run above, in the directory's root (`r1jax demo` before `--seeds 2`); seed 1
+    # reuses its base model (a stage-0 model present in a seed's directory is reused) and runs its own base
+    # evaluation, R1-Zero and final evaluation in seed_1/.
+    shutil.copytree(workdir, tmp_path, dirs_exist_ok=True)
+    shutil.copytree(os.path.join(workdir, "stage0"), tmp_path / "seed_1" / "stage0")
+    results = main.run(["demo", "--workdir", str(tmp_path), "--seeds", "2", *[f"--config.{o}" for o in SHORT]])
+    assert results == 0
+    with open(tmp_path / "demo_results.json") as f:
+        saved = json.load(f)
+    assert saved["seeds"] == [0, 1] and set(saved["per_seed"]) == {"0", "1"}
+    assert saved["per_seed"]["0"]["final"] == first["final"]
+    assert saved["per_seed"]["0"]["workdir"] == str(tmp_path) and not os.path.exists(tmp_path / "seed_0")
+    s1 = _seed_results(tmp_path / "seed_1")
+    assert s1["seed"] == 1 and os.path.exists(tmp_path / "seed_1" / "r1_zero" / "model" / "config.json")
+    for model in ("base", "final"):
+        m, per = saved[model], [saved["per_seed"][s][model] for s in ("0", "1")]
+        # Same prompts and k for both seeds: the pooled estimate is the mean of the two.
+        for name in ("pass@1", "format_rate", "lenient_accuracy", "mean_length", "cons@k"):
+            assert m[name] == pytest.approx((per[0][name] + per[1][name]) / 2, abs=1e-9), (model, name)
+            lo, hi = m[f"{name}_ci"]
+            assert lo - 1e-9 <= m[name] <= hi + 1e-9
+    ratios = [saved["per_seed"][s]["length_ratio_last_first"] for s in ("0", "1")]
+    assert saved["length_ratio_last_first"] == pytest.approx(np.mean(ratios))
+
+
+def test_seeds_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="seeds=0"):
+        demo.run_demo(str(tmp_path), seeds=0, overrides=SHORT)
+
+
+def test_plot_panels_draws_only_logged_metrics(tmp_path):
+    history = [{"step": s, "rl/reward_mean": s / 10, "rl/completion_length_mean": 20 + s} for s in range(1, 6)]
+    path = metrics_lib.plot_panels({"seed 0": history}, demo.CURVE_PANELS, str(tmp_path / "c.png"))
+    assert path and os.path.getsize(path) > 0
+    assert metrics_lib.plot_panels({"seed 0": history}, {"x": ["eval/none"]}, str(tmp_path / "d.png")) is None
+    assert metrics_lib.window_ratio(history, "rl/completion_length_mean", 10) == (pytest.approx(24.5 / 21.5), 2)
+    assert metrics_lib.window_ratio(history[:1], "rl/completion_length_mean")[1] == 0
+
+
+def test_undefined_metrics_are_null_in_the_json():
+    # accuracy_given_format of a model that never answers in format is 0/0: null, so the JSON stays standard.
+    nan = float("nan")
+    safe = demo._json_safe({"a": nan, "b": [1.0, nan], "c": {"d": nan}})
+    assert safe == {"a": None, "b": [1.0, None], "c": {"d": None}}
+    assert evals.format_value({"x": 0.5, "x_ci": [None, None]}, "x") == "0.500"

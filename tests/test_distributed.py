@@ -1,17 +1,22 @@
 """Multi-process runs on one machine: 2 processes × 4 fake CPU devices joined by jax.distributed (gloo collectives).
 
-Default suite (≈20 s): launch settings and their errors; a 2-process worker (this file run as a script) that moves
+Default suite (≈40 s): launch settings and their errors; a 2-process worker (this file run as a script) that moves
 per-process rows to global arrays and back, and gets a SIGTERM on one process, after which both reach orbax's
-preemption sync point at the same step, save that step collectively, restore it, and exit 0.
+preemption sync point at the same step, save that step collectively, restore it, and exit 0; and the training loop
+every trainer shares (r1jax.trainers.loop) on 2 processes around a tiny step: a SIGTERM to one process stops both
+at one saved step, and the restart resumes there and ends with the exact uninterrupted result.
 
-Slow (`-m slow`, ≈3 min): the GRPO trainer itself — 2 processes on one global mesh give the same per-step losses
+Slow (`-m slow`): the GRPO trainer itself (≈3 min) — 2 processes on one global mesh give the same per-step losses
 as 1 process with 8 devices; a SIGTERM to one process makes both save the same step and exit 0, and a restart
-resumes from it and continues with the same losses.
+resumes from it and continues with the same losses. SFT and reward-model training (≈1 min each on an idle
+machine): a SIGTERM to one of 2 processes, then a restart, ends with the uninterrupted run's final params, bit
+for bit.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -372,5 +377,240 @@ def test_grpo_two_processes_match_one_and_survive_preemption(tmp_path, tiny_base
             np.testing.assert_allclose(got[s][key], ref[s][key], rtol=2e-5, atol=1e-7, err_msg=f"step {s} {key}")
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# SFT and reward-model training on 2 processes: a SIGTERM to one process, then a restart, ends where an
+# uninterrupted run ends (every trainer goes through r1jax.trainers.loop's one preemption path)
+
+
+LOOP_STEPS, LOOP_LR, LOOP_MOMENTUM = 6, 0.5, 0.5
+
+
+def _loop_batch(i: int) -> np.ndarray:
+    """The data iterator's i-th batch (8 rows × 4): small integers, so every sum below is exact in float32."""
+    return ((i + np.arange(8)[:, None] + np.arange(4)[None, :]) % 5).astype(np.float32)
+
+
+def _loop_reference() -> np.ndarray:
+    """w after LOOP_STEPS steps of SGD with momentum on ½·mean_rows |w − x|² (grad = w − mean_rows x)."""
+    w, trace = np.zeros(4, np.float32), np.zeros(4, np.float32)
+    for i in range(LOOP_STEPS):
+        trace = (w - _loop_batch(i).mean(0)) + np.float32(LOOP_MOMENTUM) * trace
+        w = w - np.float32(LOOP_LR) * trace
+    return w
+
+
+def _loop_worker(workdir: str, notice_at: int) -> None:
+    """One of 2 processes running r1jax.trainers.loop.TrainLoop around a tiny jitted step (no model): rows of the
+    batch split over both processes' devices, gradients all-reduced, a data iterator whose position is saved;
+    with `notice_at` > 0 process 1 sends itself SIGTERM when that step ends."""
+    from r1jax import distributed as dist
+
+    logging.basicConfig(level=logging.INFO)
+    assert dist.initialize(dist.resolve_spec())
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from r1jax import sharding, train_state
+    from r1jax.trainers.loop import TrainLoop, checkpoint_config
+
+    class Counter:
+        def __init__(self):
+            self.i = 0
+
+        def __next__(self):
+            self.i += 1
+            return _loop_batch(self.i - 1)
+
+        def get_state(self):
+            return {"i": self.i}
+
+        def set_state(self, state):
+            self.i = state["i"]
+
+    mesh = sharding.make_mesh((-1, 1, 1))
+    rep, rows = sharding.replicated(mesh), sharding.batch_sharding(mesh, 2)
+    optimizer = optax.sgd(LOOP_LR, momentum=LOOP_MOMENTUM)
+    params = {"w": np.zeros(4, np.float32)}
+    state = train_state.TrainState(
+        step=np.int32(0),
+        params=params,
+        opt_state=jax.device_get(optimizer.init(params)),
+        rng=np.zeros(2, np.uint32),
+        nonfinite_consecutive=np.int32(0),
+        nonfinite_total=np.int32(0),
+    )
+    state = dist.global_batch(state, jax.tree.map(lambda _: rep, state))
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+
+    def step(state, x_bt):
+        loss, grads = jax.value_and_grad(lambda p: 0.5 * jnp.mean(jnp.sum((p["w"] - x_bt) ** 2, -1)))(state.params)
+        state, m = train_state.apply_gradients(state, grads, loss, optimizer)
+        return state, {"loss": loss, **m}
+
+    step_fn = jax.jit(step, in_shardings=(shardings, rows), out_shardings=(shardings, None), donate_argnums=0)
+    data_it = Counter()
+    loop = TrainLoop(workdir, checkpoint_config(every=100), {"run": "loop"}, LOOP_STEPS, desc="loop", log_every=1)
+    state = loop.restore(state, shardings, data_it)
+    with loop:
+        for s in loop.steps():
+            state, m = step_fn(state, dist.global_batch(next(data_it), rows))
+            if jax.process_index() == 1 and s == notice_at:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.5)  # the notice reaches the coordination service before this step's check
+            loop.end_step(s, state, m, data_it.get_state)
+    out = {"start": loop.start_step, "preempted": loop.preempted, "step": loop.step, "w": dist.fetch(state.params)["w"]}
+    with open(os.path.join(workdir, f"loop.{jax.process_index()}.{notice_at}.json"), "w") as f:
+        json.dump(jax.tree.map(lambda x: np.asarray(x).tolist(), out), f)
+
+
+def _run_pair(argv_tail, env_base, timeout=240) -> list[str]:
+    port = _free_port()
+    procs = []
+    for pid in range(2):
+        env = _env(env_base, 4)
+        env.update(R1JAX_COORDINATOR=f"localhost:{port}", R1JAX_NUM_PROCESSES="2", R1JAX_PROCESS_ID=str(pid))
+        argv = [sys.executable, __file__, *argv_tail]
+        procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-4000:]
+    return outs
+
+
+def test_train_loop_two_processes_sigterm_one_resumes_to_the_uninterrupted_result(tmp_path, subprocess_env):
+    """The loop every trainer runs: a SIGTERM to one of 2 processes stops both at the same step, which is saved
+    (params, optimizer state, data position); the restart resumes there and ends with the uninterrupted result."""
+    workdir = tmp_path / "loop"
+    workdir.mkdir()
+    _run_pair(["loop", str(workdir), "2"], subprocess_env)
+    stopped = [json.loads((workdir / f"loop.{pid}.2.json").read_text()) for pid in range(2)]
+    assert stopped[0]["preempted"] and stopped[1]["preempted"]
+    assert stopped[0]["step"] == stopped[1]["step"] and 2 <= stopped[0]["step"] < LOOP_STEPS
+    assert sorted(os.listdir(workdir / "checkpoints")) == [str(stopped[0]["step"])]
+    outs = _run_pair(["loop", str(workdir), "0"], subprocess_env)
+    assert all(f"resumed from checkpoint step {stopped[0]['step']}" in out for out in outs), outs[0][-3000:]
+    for pid in range(2):
+        done = json.loads((workdir / f"loop.{pid}.0.json").read_text())
+        assert (done["start"], done["step"], done["preempted"]) == (stopped[0]["step"], LOOP_STEPS, False)
+        np.testing.assert_array_equal(np.float32(done["w"]), _loop_reference())
+    history = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert history == list(range(1, LOOP_STEPS + 1))  # each step logged once, by process 0
+
+
+def _train_worker(spec: str, workdir: str, notice_at: int, overrides: list[str]) -> None:
+    """One of 2 processes running `spec`; with `notice_at` > 0, process 1 sends itself SIGTERM (a scheduler's
+    preemption notice) when step `notice_at` ends. Writes the trainer's return value as JSON."""
+    from r1jax import distributed as dist
+
+    logging.basicConfig(level=logging.INFO)  # "resumed from checkpoint step N" is checked in the output
+    assert dist.initialize(dist.resolve_spec())
+    import jax
+
+    from r1jax.main import run_experiment
+    from r1jax.trainers import loop as loop_lib
+
+    end_step = loop_lib.TrainLoop.end_step
+
+    def end_step_with_notice(self, step, *args, **kwargs):
+        if jax.process_index() == 1 and step == notice_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)  # the notice reaches the coordination service before this step's check
+        return end_step(self, step, *args, **kwargs)
+
+    loop_lib.TrainLoop.end_step = end_step_with_notice
+    result = run_experiment(spec, workdir, overrides)
+    with open(os.path.join(workdir, f"result.{jax.process_index()}.{notice_at}.json"), "w") as f:
+        json.dump({k: v for k, v in result.items() if isinstance(v, (int, float, str))}, f)
+
+
+def _run_train_pair(spec, workdir, env_base, notice_at, overrides) -> tuple[list[dict], list[str]]:
+    os.makedirs(workdir, exist_ok=True)
+    outs = _run_pair(["train", spec, str(workdir), str(notice_at), *overrides], env_base, timeout=400)
+    results = [json.loads((pathlib.Path(workdir) / f"result.{pid}.{notice_at}.json").read_text()) for pid in range(2)]
+    return results, outs
+
+
+def _params(model_dir) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    out = {}
+    for f in sorted(pathlib.Path(model_dir).glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    head = pathlib.Path(model_dir) / "reward_head.npz"
+    if head.exists():
+        out.update({f"head/{k}": v for k, v in np.load(head).items()})
+    return out
+
+
+def _preempt_and_resume(tmp_path, subprocess_env, spec, overrides, num_steps, notice_at, base_model):
+    """Uninterrupted 2-process run vs the same command SIGTERMed on one process at `notice_at` and restarted:
+    both processes stop at one step and save it; the restart resumes there; the final params are equal."""
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+    ref, _ = _run_train_pair(spec, ref_dir, subprocess_env, 0, overrides)
+    assert "preempted_at" not in ref[0]
+    stopped, outs = _run_train_pair(spec, run_dir, subprocess_env, notice_at, overrides)
+    steps = [r.get("preempted_at") for r in stopped]
+    assert steps[0] is not None and steps[0] == steps[1], (stopped, outs[1][-3000:])  # the same step on both
+    assert notice_at <= steps[0] < num_steps
+    assert sorted(int(d) for d in os.listdir(run_dir / "checkpoints") if d.isdigit())[-1] == steps[0]
+    assert not (run_dir / "model").exists()
+    resumed, outs = _run_train_pair(spec, run_dir, subprocess_env, 0, overrides)
+    assert all(f"resumed from checkpoint step {steps[0]}" in out for out in outs), outs[0][-3000:]
+    want, got = _params(ref_dir / "model"), _params(run_dir / "model")
+    assert sorted(got) == sorted(want) and len(want) > 1
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    start = _params(base_model)  # the runs trained: their params left the starting model's
+    assert any(not np.array_equal(want[k], start[k]) for k in start if k in want)
+    return ref, resumed, steps[0]
+
+
+@pytest.mark.slow
+def test_sft_two_processes_sigterm_one_resumes_to_the_uninterrupted_params(tmp_path, tiny_base_model, subprocess_env):
+    overrides = [
+        f"--config.model.checkpoint={tiny_base_model}",
+        "--config.num_steps=5",
+        "--config.batch_size=8",  # one packed row per device
+        "--config.checkpoint.every=100",  # only the preemption save and the last step's
+    ]
+    ref, resumed, _ = _preempt_and_resume(
+        tmp_path,
+        subprocess_env,
+        str(REPO / "experiments" / "cold_start.py") + ":runlocal",
+        overrides,
+        5,
+        2,
+        tiny_base_model,
+    )
+    assert resumed[0]["sft/loss"] == ref[0]["sft/loss"]
+
+
+@pytest.mark.slow
+def test_reward_model_two_processes_sigterm_one_resumes_to_the_uninterrupted_params(
+    tmp_path, tiny_base_model, subprocess_env
+):
+    overrides = [
+        f"--config.model.checkpoint={tiny_base_model}",
+        "--config.num_steps=5",
+        "--config.checkpoint.every=100",
+    ]
+    ref, resumed, _ = _preempt_and_resume(
+        tmp_path,
+        subprocess_env,
+        str(REPO / "experiments" / "reward_model.py") + ":runlocal",
+        overrides,
+        5,
+        2,
+        tiny_base_model,
+    )
+    assert resumed[0]["eval/pairwise_accuracy"] == ref[0]["eval/pairwise_accuracy"]
+    assert resumed[0]["rm/loss"] == ref[0]["rm/loss"]
+
+
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "worker":
     _worker(sys.argv[2])
+if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "loop":
+    _loop_worker(sys.argv[2], int(sys.argv[3]))
+if __name__ == "__main__" and len(sys.argv) >= 5 and sys.argv[1] == "train":
+    _train_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5:])

@@ -26,7 +26,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import textwrap
 import time
 
 import jax
@@ -38,11 +37,11 @@ import pytest
 from r1jax import checkpoint as ckpt_lib
 from r1jax import config_lib
 from r1jax.data import archive
+from r1jax.data import tasks as tasks_lib
 from r1jax.trainers import common
 from r1jax.trainers import grpo as grpo_trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-R1_ZERO = str(REPO / "experiments" / "r1_zero.py")
 NUM_STEPS = 8
 RUN_TIMEOUT_S = 300
 
@@ -54,35 +53,16 @@ def distinct_chars(completions):
     return [len(set(c)) / 20 for c in completions]
 '''
 
-EXPERIMENT = '''
-"""experiments/r1_zero.py with the test reward ft_test_rewards:distinct_chars (tests only)."""
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from r1jax import config_lib
-
-_base = config_lib.load_module({r1_zero!r})
-ENTRY = _base.ENTRY
-
-
-def get_config(arg=None):
-    c = _base.get_config(arg)
-    c.rewards.weights = {{"ft_test_rewards:distinct_chars": 1.0}}
-    return c
-'''
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers: running the CLI, reading what a run leaves behind
 
 
 @pytest.fixture(scope="module")
-def spec(tmp_path_factory) -> str:
-    d = tmp_path_factory.mktemp("ft_experiment")
-    (d / "ft_test_rewards.py").write_text(textwrap.dedent(REWARDS_MODULE))
-    (d / "ft_experiment.py").write_text(textwrap.dedent(EXPERIMENT.format(r1_zero=R1_ZERO)))
-    return str(d / "ft_experiment.py") + ":runlocal"
+def spec(tmp_path_factory, reward_experiment) -> str:
+    """experiments/r1_zero.py:runlocal with the test reward ft_test_rewards:distinct_chars."""
+    directory = tmp_path_factory.mktemp("ft_experiment")
+    return reward_experiment(directory, "ft_test", REWARDS_MODULE, "distinct_chars") + ":runlocal"
 
 
 @pytest.fixture(scope="module")
@@ -528,7 +508,7 @@ def one_step_run(tmp_path_factory, spec, overrides, subprocess_env) -> tuple[str
 def test_resume_with_changed_settings_is_refused(tmp_path, spec, one_step_run, tiny_base_model, closed_rewards):
     workdir, args = one_step_run
     train_file = tmp_path / "train.jsonl"  # another data source: the same kind of prompts, from a file
-    task = grpo_trainer.tasks_lib.get_task("arithmetic")
+    task = tasks_lib.get_task("arithmetic")
     train_file.write_text("".join(json.dumps(e.to_dict()) + "\n" for e in task.generate(16, seed=5)))
     changes = {
         "rl.group_size": (["--config.rl.group_size=2"], "rl.group_size: checkpoint has 4, config has 2"),

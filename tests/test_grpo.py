@@ -1,10 +1,13 @@
 """Tests for r1jax.grpo: hand-computed goldens, the paper's toy example, and parity with TRL's GRPOTrainer.
 
 The TRL goldens (tests/goldens/trl_grpo_goldens.npz) come from tests/goldens/make_trl_goldens.py, run by hand with
-torch + trl; no torch is needed here.
+torch + trl 1.16.0 (`python tests/goldens/make_trl_goldens.py`); no torch is needed here. They cover every loss option:
+the clipped losses, CISPO, SAPO, the sampler importance corrections (TIS / MIS / token masks / sequence truncation),
+the off-policy sequence mask and entropy selection, each checked for loss, gradient and TRL's logged metrics.
 """
 
 import functools
+import math
 import os
 
 import jax
@@ -13,6 +16,7 @@ import numpy as np
 import pytest
 
 from r1jax import grpo
+from r1jax.trainers import grpo_config
 
 GOLDENS = os.path.join(os.path.dirname(__file__), "goldens", "trl_grpo_goldens.npz")
 
@@ -23,8 +27,18 @@ def gold():
         return {k: g[k] for k in g.files}
 
 
+with np.load(GOLDENS) as _g:
+    NUM_CASES = len(_g["loss"])  # parametrize the parity tests over every case the golden script wrote
+
+
+def _none_if_nan(x):
+    return None if np.isnan(x) else float(x)
+
+
 def _case_kwargs(gold, i):
     eps_low, eps_high = gold["case_eps"][i]
+    clip_min, clip_max = gold["case_is_clip"][i]
+    tau_pos, tau_neg = gold["case_sapo"][i]
     return dict(
         loss_type=str(gold["case_loss_type"][i]),
         importance_sampling_level=str(gold["case_level"][i]),
@@ -33,6 +47,14 @@ def _case_kwargs(gold, i):
         beta=float(gold["case_beta"][i]),
         kl_bias_correction=bool(gold["case_bias_kl"][i]),
         max_completion_length=int(gold["max_completion_length"]),
+        sampler_is_correction=bool(gold["case_is_correction"][i]),
+        sampler_is_mode=str(gold["case_is_mode"][i]),
+        sampler_is_clip_min=_none_if_nan(clip_min),
+        sampler_is_clip_max=_none_if_nan(clip_max),
+        off_policy_mask_threshold=_none_if_nan(gold["case_opsm"][i]),
+        top_entropy_quantile=float(gold["case_top_q"][i]),
+        sapo_temperature_pos=float(tau_pos),
+        sapo_temperature_neg=float(tau_neg),
     )
 
 
@@ -40,14 +62,31 @@ def _loss_and_grad(gold, i, dtype):
     kw = _case_kwargs(gold, i)
     old = None if gold["case_on_policy"][i] else jnp.asarray(gold["old_logps"], dtype)
     ref = jnp.asarray(gold["ref_logps"], dtype) if kw["beta"] > 0 else None
+    sampler = jnp.asarray(gold["sampler_logps"], dtype) if gold["case_use_sampler"][i] else None
+    entropy = jnp.asarray(gold["entropy"], dtype) if kw["top_entropy_quantile"] < 1 else None
     adv = jnp.asarray(gold["advantages"], dtype)
     mask = jnp.asarray(gold["mask"] > 0)
 
     def f(logps):
-        return grpo.policy_loss(logps, old, ref, adv, mask, **kw)
+        return grpo.policy_loss(logps, old, ref, adv, mask, sampler_logps_bt=sampler, entropy_bt=entropy, **kw)
 
     (loss, metrics), grad = jax.jit(jax.value_and_grad(f, has_aux=True))(jnp.asarray(gold["logps"], dtype))
     return loss, grad, metrics
+
+
+# TRL's metric name -> ours (policy_loss's metrics; health metrics under 'sampler/').
+TRL_METRICS = {
+    "clip_ratio/low_mean": "clip_ratio/low_mean",
+    "clip_ratio/high_mean": "clip_ratio/high_mean",
+    "clip_ratio/region_mean": "clip_ratio/region_mean",
+    "kl": "kl",
+    "cispo_clip_ratio": "cispo_clip_ratio",
+    "sampling/sampling_logp_difference/mean": "sampler/logp_diff_mean",
+    "sampling/sampling_logp_difference/max": "sampler/logp_diff_max",
+    "sampling/importance_sampling_ratio/min": "sampler/is_weight_min",
+    "sampling/importance_sampling_ratio/mean": "sampler/is_weight_mean",
+    "sampling/importance_sampling_ratio/max": "sampler/is_weight_max",
+}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -146,46 +185,119 @@ def test_advantages_jit():
 
 def test_goldens_metadata(gold):
     assert str(gold["trl_version"]) == "1.16.0"
-    assert len(gold["loss"]) == 56
+    assert NUM_CASES == 128
+    assert list(gold["metric_names"]) == list(TRL_METRICS)
     # The inputs exercise clipping on both sides at token and sequence level, so the goldens can tell clip
     # bounds apart (clip-higher changes the loss); on-policy cases have rho = 1 and never clip.
     m = gold["metrics"]
+    plain = ~gold["case_use_sampler"] & np.isnan(gold["case_opsm"]) & (gold["case_top_q"] == 1)
     for level in ("token", "sequence"):
-        sel = (gold["case_level"] == level) & ~gold["case_on_policy"]
+        sel = (
+            plain
+            & (gold["case_level"] == level)
+            & ~gold["case_on_policy"]
+            & np.isin(gold["case_loss_type"], grpo.CLIPPED_LOSS_TYPES)
+        )
         assert np.all(m[sel, 0] > 0) and np.all(m[sel, 1] > 0)
 
 
-@pytest.mark.parametrize("i", range(56))
+def test_goldens_exercise_every_option(gold):
+    """Each correction changes something in the goldens, so a wrong bound or a missing mask cannot pass."""
+    mask = gold["mask"] > 0
+    ratio = np.exp(np.where(mask, gold["old_logps"] - gold["sampler_logps"], 0))
+    seq_ratio = np.exp(np.where(mask, gold["old_logps"] - gold["sampler_logps"], 0).sum(-1, keepdims=True))
+    for mode in grpo.SAMPLER_IS_MODES:
+        sel = np.flatnonzero(gold["case_is_correction"] & (gold["case_is_mode"] == mode) & ~gold["case_on_policy"])
+        assert len(sel) >= 3
+        raw = np.broadcast_to(seq_ratio if mode.startswith("sequence") else ratio, mask.shape)
+        kept = []
+        for i in sel:  # every bound truncates or masks some weights; some cases also leave some as they are
+            w = gold["is_weights"][i]
+            assert np.any(~np.isclose(w, raw) & mask), (mode, i)
+            kept.append(np.any(np.isclose(w, raw) & mask))
+        assert any(kept), mode
+    # The off-policy mask drops different rows at delta = 0 and 0.5, with and without sampler log-probs.
+    for loss_type in ("grpo", "dapo", "cispo", "sapo"):
+        for use_sampler in (False, True):
+            sel = (gold["case_loss_type"] == loss_type) & (gold["case_use_sampler"] == use_sampler)
+            sel &= ~gold["case_is_correction"] & (gold["case_top_q"] == 1)
+            l0 = gold["loss"][sel & (gold["case_opsm"] == 0.0)]
+            l5 = gold["loss"][sel & (gold["case_opsm"] == 0.5)]
+            assert len(l0) == len(l5) == 1 and abs(l0[0] - l5[0]) > 1e-3
+    # Entropy selection keeps the top token at rho = 0, 4 of 17 at 0.2 (quantile between two tokens), 9 of 17 at
+    # 0.5 (the median token itself counts: entropy >= threshold).
+    for q, n in ((0.0, 1), (0.2, 4), (0.5, 9)):
+        for i in np.flatnonzero(gold["case_top_q"] == q):
+            assert gold["entropy_mask"][i].sum() == n and not np.any(gold["entropy_mask"][i] & ~mask)
+    # CISPO's eps_max = 1.2 truncates, SAPO's temperatures change the loss.
+    cispo = (gold["case_loss_type"] == "cispo") & np.isnan(gold["case_opsm"]) & ~gold["case_use_sampler"]
+    assert np.all(gold["metrics"][cispo & (gold["case_eps"][:, 1] == 1.2), 4] > 0)
+    sapo = (gold["case_loss_type"] == "sapo") & (gold["case_top_q"] == 1) & np.isnan(gold["case_opsm"])
+    sapo &= ~gold["case_on_policy"] & ~gold["case_use_sampler"]
+    assert len(set(np.round(gold["loss"][sapo], 6))) == 8
+
+
+@pytest.mark.parametrize("i", range(NUM_CASES))
 def test_policy_loss_matches_trl_f32(gold, i):
     loss, grad, metrics = _loss_and_grad(gold, i, jnp.float32)
     assert loss.dtype == jnp.float32 and grad.dtype == jnp.float32
     np.testing.assert_allclose(loss, gold["loss"][i], rtol=0, atol=1e-6)
     np.testing.assert_allclose(grad, gold["grad"][i], rtol=0, atol=1e-6)
-    low, high, region, kl = gold["metrics"][i]
-    np.testing.assert_allclose(
-        [metrics["clip_ratio/low_mean"], metrics["clip_ratio/high_mean"], metrics["clip_ratio/region_mean"]],
-        [low, high, region],
-        atol=1e-6,
-    )
-    if gold["case_beta"][i] > 0:
-        np.testing.assert_allclose(metrics["kl"], kl, atol=1e-6)
-    else:
-        assert "kl" not in metrics
+    for k, want in zip(gold["metric_names"], gold["metrics"][i]):
+        ours = TRL_METRICS[str(k)]
+        if np.isnan(want):
+            # TRL logs the sampler mismatch only with the correction on; we log it whenever sampler log-probs are given.
+            assert ours not in metrics or (ours.startswith("sampler/logp_diff") and gold["case_use_sampler"][i]), ours
+        else:
+            np.testing.assert_allclose(metrics[ours], want, rtol=1e-6, atol=1e-6, err_msg=ours)
+
+
+def _check_f64(gold, cases):
+    with jax.enable_x64(True):
+        for i in cases:
+            loss, grad, _ = _loss_and_grad(gold, i, jnp.float64)
+            assert grad.dtype == jnp.float64
+            np.testing.assert_allclose(loss, gold["loss"][i], rtol=1e-12, atol=1e-14, err_msg=str(i))
+            np.testing.assert_allclose(grad, gold["grad"][i], rtol=1e-10, atol=1e-14, err_msg=str(i))
 
 
 def test_policy_loss_matches_trl_f64(gold):
-    with jax.enable_x64(True):
-        for i in range(len(gold["loss"])):
-            loss, grad, _ = _loss_and_grad(gold, i, jnp.float64)
-            assert grad.dtype == jnp.float64
-            np.testing.assert_allclose(loss, gold["loss"][i], rtol=1e-12, atol=1e-14)
-            np.testing.assert_allclose(grad, gold["grad"][i], rtol=1e-10, atol=1e-14)
+    # Every third case by default (each case compiles once per dtype); all of them in the slow suite.
+    _check_f64(gold, range(0, NUM_CASES, 3))
+
+
+@pytest.mark.slow
+def test_policy_loss_matches_trl_f64_all_cases(gold):
+    _check_f64(gold, range(NUM_CASES))
+
+
+def test_importance_weights_and_entropy_mask_match_trl(gold):
+    mask = jnp.asarray(gold["mask"] > 0)
+    logps = jnp.asarray(gold["logps"], jnp.float32)
+    for i in range(NUM_CASES):
+        kw = _case_kwargs(gold, i)
+        if gold["case_is_correction"][i]:
+            old = logps if gold["case_on_policy"][i] else jnp.asarray(gold["old_logps"], jnp.float32)
+            w, _ = grpo.sampler_importance_weights(
+                old,
+                jnp.asarray(gold["sampler_logps"], jnp.float32),
+                mask,
+                mode=kw["sampler_is_mode"],
+                clip_min=kw["sampler_is_clip_min"],
+                clip_max=kw["sampler_is_clip_max"],
+            )
+            assert w.shape == ((5, 1) if kw["sampler_is_mode"].startswith("sequence") else (5, 6))
+            np.testing.assert_allclose(np.broadcast_to(w, mask.shape), gold["is_weights"][i], rtol=1e-6, atol=1e-7)
+        if kw["top_entropy_quantile"] < 1:
+            got = grpo.high_entropy_mask(jnp.asarray(gold["entropy"], jnp.float32), mask, kw["top_entropy_quantile"])
+            np.testing.assert_array_equal(got, gold["entropy_mask"][i])
 
 
 def test_dapo_equals_bnpo_single_step_and_num_tokens_rescales(gold):
     # One process, one step: TRL's num_items_in_batch is sum(mask), so 'dapo' == 'bnpo' (as the goldens show).
-    dapo = gold["loss"][gold["case_loss_type"] == "dapo"]
-    np.testing.assert_allclose(dapo, gold["loss"][gold["case_loss_type"] == "bnpo"], rtol=1e-12)
+    plain = ~gold["case_use_sampler"] & np.isnan(gold["case_opsm"]) & (gold["case_top_q"] == 1)
+    dapo = gold["loss"][plain & (gold["case_loss_type"] == "dapo")]
+    np.testing.assert_allclose(dapo, gold["loss"][plain & (gold["case_loss_type"] == "bnpo")], rtol=1e-12)
     # Micro-batches with the global token count sum to the whole-batch DAPO loss.
     per_token = jnp.asarray(gold["logps"], jnp.float32)
     mask = jnp.asarray(gold["mask"] > 0)
@@ -213,23 +325,40 @@ def _random_batch(b=4, t=7, seed=0):
 @pytest.mark.parametrize("level", grpo.IMPORTANCE_SAMPLING_LEVELS)
 def test_zero_advantage_zero_beta_gives_zero_loss_and_grad(loss_type, level):
     logps, old, _, mask = _random_batch()
+    eps_high = 5.0 if loss_type == "cispo" else 0.2
     f = lambda lp: grpo.policy_loss(
-        lp, old, None, jnp.zeros(4), mask, loss_type=loss_type, max_completion_length=7, importance_sampling_level=level
+        lp,
+        old,
+        None,
+        jnp.zeros(4),
+        mask,
+        loss_type=loss_type,
+        max_completion_length=7,
+        importance_sampling_level=level,
+        epsilon_high=eps_high,
+        sampler_logps_bt=old - 0.1,
+        off_policy_mask_threshold=0.0,
     )[0]
     loss, grad = jax.value_and_grad(f)(logps)
     assert float(loss) == 0.0
     assert np.all(np.asarray(grad) == 0.0)
 
 
-def test_on_policy_grpo_is_minus_mean_advantage_and_k3_nonnegative():
-    logps, _, ref, mask = _random_batch(seed=1)
+def test_on_policy_grpo_is_minus_mean_advantage_and_k3_hand_golden():
+    logps, _, _, mask = _random_batch(seed=1)
     adv = jnp.array([1.0, -2.0, 0.5, 0.25])
+    # log pi_ref - log pi_theta = +log 2 on half the tokens and -log 2 on the other half: k3 = 2 - log 2 - 1 and
+    # 1/2 + log 2 - 1, whose mean is exactly 1/4.
+    sign = jnp.where(jnp.arange(7) % 2 == 0, 1.0, -1.0)[None, :]
+    mask = jnp.ones_like(mask).at[:, 6:].set(False)  # 6 tokens per row: three of each sign
+    ref = logps + sign * jnp.log(2.0)
     loss, m = grpo.policy_loss(logps, None, ref, adv, mask, beta=0.1)
-    # rho = 1 on policy: pg loss = -mean_i A_i for 'grpo' (every row has at least one token).
+    # rho = 1 on policy: pg loss = -mean_i A_i for 'grpo'.
     np.testing.assert_allclose(m["pg_loss"], -adv.mean(), rtol=1e-6)
-    assert float(m["kl"]) > 0 and float(loss) > float(m["pg_loss"])
+    np.testing.assert_allclose(m["kl"], 0.25, rtol=1e-6)
+    np.testing.assert_allclose(loss, -adv.mean() + 0.1 * 0.25, rtol=1e-6)
     np.testing.assert_allclose(m["ratio_mean"], 1.0, rtol=1e-6)
-    assert float(m["tokens"]) == float(mask.sum())
+    assert float(m["tokens"]) == 24.0
 
 
 @pytest.mark.parametrize("level", grpo.IMPORTANCE_SAMPLING_LEVELS)
@@ -248,11 +377,25 @@ def test_padding_junk_does_not_leak(level):
 def test_jit_with_static_argnames_matches_eager():
     logps, old, ref, mask = _random_batch(seed=4)
     adv = jnp.array([0.3, -1.0, 0.5, -0.5])
-    kw = dict(loss_type="dr_grpo", max_completion_length=9, beta=0.02, epsilon_high=0.28)
-    static = ("loss_type", "epsilon_low", "epsilon_high", "beta", "max_completion_length", "kl_bias_correction")
-    jitted = jax.jit(grpo.policy_loss, static_argnames=static + ("importance_sampling_level",))
-    got, got_m = jitted(logps, old, ref, adv, mask, **kw)
-    want, want_m = grpo.policy_loss(logps, old, ref, adv, mask, **kw)
+    kw = dict(
+        loss_type="dr_grpo",
+        max_completion_length=9,
+        beta=0.02,
+        epsilon_high=0.28,
+        sampler_is_mode="token_mask",
+        sampler_is_clip_min=0.8,
+        sampler_is_clip_max=1.25,
+        off_policy_mask_threshold=0.05,
+        top_entropy_quantile=0.5,
+    )
+    data = dict(sampler_logps_bt=old + 0.2 * jnp.sin(old * 7), entropy_bt=jnp.cos(logps * 5) + 1)
+    static = tuple(k for k in kw) + ("importance_sampling_level",)
+    jitted = jax.jit(grpo.policy_loss, static_argnames=static)
+    got, got_m = jitted(logps, old, ref, adv, mask, **kw, **data)
+    want, want_m = grpo.policy_loss(logps, old, ref, adv, mask, **kw, **data)
+    assert {"sampler/is_masked_fraction", "off_policy_mask/dropped_fraction", "entropy_mask/trained_fraction"} <= set(
+        want_m
+    )
     np.testing.assert_allclose(got, want, rtol=1e-6)
     assert set(got_m) == set(want_m)
     for k in want_m:
@@ -279,6 +422,17 @@ def test_dr_grpo_uses_constant_normaliser():
         (dict(beta=0.1), "ref_logps_bt"),
         (dict(loss_type="dr_grpo"), "max_completion_length=None"),
         (dict(loss_type="dr_grpo", max_completion_length=0), "max_completion_length=0"),
+        (dict(epsilon_high=1.5), "epsilon_high=1.5"),
+        (dict(loss_type="cispo", epsilon_high=0.28), "epsilon_high=0.28.*eps_max"),
+        (dict(sampler_is_mode="token"), "sampler_is_mode='token'"),
+        (dict(sampler_is_clip_min=-0.1), "sampler_is_clip_min=-0.1"),
+        (dict(sampler_is_clip_max=0.0), "sampler_is_clip_max=0.0"),
+        (dict(sampler_is_clip_min=2.0, sampler_is_clip_max=2.0), "sampler_is_clip_min=2.0 >= sampler_is_clip_max"),
+        (dict(sampler_is_mode="token_truncate", sampler_is_clip_max=None), "needs at least one bound"),
+        (dict(off_policy_mask_threshold=-1.0), "off_policy_mask_threshold=-1.0"),
+        (dict(top_entropy_quantile=1.5), "top_entropy_quantile=1.5"),
+        (dict(top_entropy_quantile=0.2), "needs entropy_bt"),
+        (dict(loss_type="sapo", sapo_temperature_neg=0.0), "sapo_temperature_neg=0.0"),
     ],
 )
 def test_policy_loss_arg_errors(kw, match):
@@ -287,8 +441,50 @@ def test_policy_loss_arg_errors(kw, match):
         grpo.policy_loss(logps, old, None, jnp.zeros(4), mask, **kw)
 
 
+def test_check_loss_options_names_config_fields():
+    # The trainer's config validation calls this with prefix 'rl.': one set of bounds, errors naming the field.
+    with pytest.raises(ValueError, match=r"^rl\.sampler_is_clip_max=-3\.0"):
+        grpo.check_loss_options(prefix="rl.", sampler_is_clip_max=-3.0)
+    with pytest.raises(ValueError, match=r"^rl\.top_entropy_quantile=-0\.1"):
+        grpo.check_loss_options(prefix="rl.", top_entropy_quantile=-0.1)
+    # Configs hold numbers: C_min = 0, C_max = inf and delta = inf are the no-op bounds (as None), and valid.
+    grpo.check_loss_options(
+        sampler_is_mode="token_mask",
+        sampler_is_clip_min=0.0,
+        sampler_is_clip_max=math.inf,
+        off_policy_mask_threshold=math.inf,
+    )
+    with pytest.raises(ValueError, match="needs at least one bound"):
+        grpo.check_loss_options(
+            sampler_is_mode="sequence_truncate", sampler_is_clip_min=0.0, sampler_is_clip_max=math.inf
+        )
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (dict(sampler_is_mode="tis"), "sampler_is_mode"),
+        (dict(sampler_is_clip_max=-1.0), "sampler_is_clip_max"),
+        (dict(sampler_is_clip_min=3.0), "sampler_is_clip_min"),  # >= C_max = 3 (the default)
+        (dict(off_policy_mask_threshold=-0.5), "off_policy_mask_threshold"),
+        (dict(top_entropy_quantile=2.0), "top_entropy_quantile"),
+        (dict(loss_type="sapo", sapo_temperature_pos=0.0), "sapo_temperature_pos"),
+        (dict(loss_type="cispo"), "epsilon_high"),  # the default 0.2 is no eps_max
+    ],
+)
+def test_config_validation_uses_the_loss_bounds(overrides, field):
+    c = grpo_config.grpo_config()
+    with pytest.raises(ValueError, match="model.checkpoint"):  # the defaults pass every loss check
+        grpo_config.validate(c, num_devices=1)
+    c.rl.update(overrides)
+    with pytest.raises(ValueError, match=rf"^rl\.{field}="):
+        grpo_config.validate(c, num_devices=1)
+
+
 def test_policy_loss_shape_errors():
     logps, old, _, mask = _random_batch()
+    with pytest.raises(ValueError, match="sampler_logps_bt.shape"):
+        grpo.policy_loss(logps, old, None, jnp.zeros(4), mask, sampler_logps_bt=old[:, :3])
     with pytest.raises(ValueError, match="advantages_b.shape"):
         grpo.policy_loss(logps, old, None, jnp.zeros((4, 1)), mask)
     with pytest.raises(ValueError, match="mask_bt.shape"):
@@ -296,21 +492,161 @@ def test_policy_loss_shape_errors():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Masks
+# Rollout-policy corrections, CISPO / SAPO, health metrics
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def test_truncation_masking():
-    eos = 2
-    tokens = jnp.array([[5, 6, 2, 0], [5, 6, 7, 8], [2, 0, 0, 0], [0, 0, 0, 0]])
-    mask = jnp.array([[1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0], [0, 0, 0, 0]], bool)
-    term = grpo.is_terminated(tokens, mask, [eos, 9])
-    np.testing.assert_array_equal(term, [True, False, True, False])
-    np.testing.assert_array_equal(grpo.mask_truncated_completions(mask, term), mask & term[:, None])
+def test_corrections_that_change_nothing_are_exact_no_ops():
+    logps, old, ref, mask = _random_batch(seed=5)
+    adv = jnp.array([1.0, -1.0, 0.5, -0.5])
+    base_kw = dict(loss_type="dapo", beta=0.04, epsilon_high=0.28)
+
+    def run(**kw):
+        f = lambda lp: grpo.policy_loss(lp, old, ref, adv, mask, **base_kw, **kw)[0]
+        return jax.value_and_grad(f)(logps)
+
+    want = run()
+    entropy = jnp.abs(jnp.sin(logps))
+    variants = [dict(sampler_logps_bt=old, sampler_is_mode=mode) for mode in grpo.SAMPLER_IS_MODES]  # w = 1
+    variants += [
+        dict(sampler_logps_bt=old - 1.0, sampler_is_correction=False),  # only metrics read them
+        dict(off_policy_mask_threshold=math.inf),
+        dict(top_entropy_quantile=1.0, entropy_bt=entropy),
+    ]
+    for kw in variants:
+        got = run(**kw)
+        np.testing.assert_array_equal(got[0], want[0], err_msg=str(kw))
+        np.testing.assert_array_equal(got[1], want[1], err_msg=str(kw))
+    # ...and the same options with values that act do change it (a planted no-op would be caught above).
+    for kw in [
+        dict(sampler_logps_bt=old - 0.5, sampler_is_mode="token_truncate", sampler_is_clip_max=1.2),
+        dict(off_policy_mask_threshold=0.0, sampler_logps_bt=logps + 1.0, sampler_is_correction=False),
+        dict(top_entropy_quantile=0.3, entropy_bt=entropy),
+    ]:
+        assert not np.allclose(run(**kw)[1], want[1]), kw
 
 
-def test_masked_means():
+@pytest.mark.parametrize("level", grpo.IMPORTANCE_SAMPLING_LEVELS)
+def test_cispo_and_sapo_on_policy_gradients(level):
+    # On policy rho = 1: CISPO's gradient is -A grad log pi / N, DAPO's; SAPO's gate 4/tau sigmoid(tau (rho - 1)) has
+    # slope 1 at rho = 1, so its gradient is GRPO's, while its value is -(2 / tau) A instead of -A.
+    logps, _, _, mask = _random_batch(seed=6)
+    adv = jnp.array([1.0, -2.0, 0.5, -0.25])
+
+    def vg(**kw):
+        f = lambda lp: grpo.policy_loss(lp, None, None, adv, mask, importance_sampling_level=level, **kw)
+        return jax.value_and_grad(f, has_aux=True)(logps)
+
+    (_, _), g_dapo = vg(loss_type="dapo")
+    (_, _), g_cispo = vg(loss_type="cispo", epsilon_high=5.0)
+    np.testing.assert_allclose(g_cispo, g_dapo, rtol=1e-6, atol=1e-7)
+    (l_grpo, _), g_grpo = vg(loss_type="grpo")
+    (l_sapo, _), g_sapo = vg(loss_type="sapo", sapo_temperature_pos=2.0, sapo_temperature_neg=0.5)
+    np.testing.assert_allclose(g_sapo, g_grpo, rtol=1e-5, atol=1e-7)
+    tau = jnp.where(adv > 0, 2.0, 0.5)
+    np.testing.assert_allclose(l_sapo, jnp.mean(-2 / tau * adv), rtol=1e-6)
+    np.testing.assert_allclose(l_grpo, -adv.mean(), rtol=1e-6)
+
+
+def test_importance_weights_hand_golden():
+    old = jnp.log(jnp.array([[0.5, 0.5, 0.5]]))
+    sampler = jnp.log(jnp.array([[0.25, 0.5, 1.0]]))  # pi_old / pi_sampler = [2, 1, 0.5]
+    full, first2 = jnp.array([[True, True, True]]), jnp.array([[True, True, False]])
+    kw = dict(clip_min=0.6, clip_max=1.5)
+    cases = [
+        ("token_truncate", full, [[1.5, 1.0, 0.6]], 2 / 3),
+        ("token_mask", full, [[0.0, 1.0, 0.0]], 2 / 3),  # IcePop: both bounds mask
+        ("sequence_truncate", full, [[1.0]], 0.0),  # the product 2 * 1 * 0.5 = 1 is inside
+        ("sequence_mask", full, [[1.0]], 0.0),
+        ("sequence_truncate", first2, [[1.5]], 1.0),  # product 2: truncated
+        ("sequence_mask", first2, [[0.0]], 1.0),
+    ]
+    for mode, mask, want, frac in cases:
+        w, ratio = grpo.sampler_importance_weights(old, sampler, mask, mode=mode, **kw)
+        np.testing.assert_allclose(w, want, rtol=1e-6, err_msg=mode)
+        m = grpo.importance_weight_metrics(w, ratio, mask, mode=mode)
+        kind = "truncated" if mode.endswith("truncate") else "masked"
+        np.testing.assert_allclose(m[f"sampler/is_{kind}_fraction"], frac, rtol=1e-6, err_msg=mode)
+        assert set(m) == {
+            "sampler/is_weight_mean",
+            "sampler/is_weight_min",
+            "sampler/is_weight_max",
+            f"sampler/is_{kind}_fraction",
+        }
+    # One-sided bounds: None is no bound.
+    w, _ = grpo.sampler_importance_weights(old, sampler, full, mode="token_mask", clip_min=0.6, clip_max=None)
+    np.testing.assert_allclose(w, [[2.0, 1.0, 0.0]], rtol=1e-6)
+
+
+def test_off_policy_mask_and_entropy_selection_hand_golden():
+    logps = jnp.zeros((3, 2))
+    behaviour = jnp.array([[0.5, 0.5], [0.4, 0.6], [0.05, 0.05]])  # mean KL per row: 0.5, 0.5, 0.05
+    mask = jnp.ones((3, 2), bool)
+    keep = grpo.off_policy_sequence_mask(jnp.array([1.0, -1.0, -1.0]), logps, behaviour, mask, 0.1)
+    np.testing.assert_array_equal(keep, [[1.0], [0.0], [1.0]])  # A >= 0 always kept; row 2 is under delta
+    ent = jnp.array([[0.1, 0.2, 0.3], [0.4, 0.5, 9.0]])
+    emask = jnp.array([[True, True, True], [True, True, False]])  # the 9.0 is padding
+    # 0.6 quantile of [0.1 .. 0.5]: position 2.4 -> 0.34; kept: 0.4 and 0.5.
+    got = grpo.high_entropy_mask(ent, emask, 0.4)
+    np.testing.assert_array_equal(got, [[False, False, False], [True, True, False]])
+    m = grpo.selection_metrics(emask, off_policy_mask_b1=jnp.array([[1.0], [0.0]]), entropy_mask_bt=got)
+    np.testing.assert_allclose([m["off_policy_mask/dropped_fraction"], m["entropy_mask/trained_fraction"]], [0.5, 0.4])
+    assert not np.any(grpo.high_entropy_mask(ent, jnp.zeros_like(emask), 0.4))  # nothing unmasked: nothing trained
+
+
+def test_logp_mismatch_hand_golden():
+    # x = log pi_t - log pi_s = +log 2, -log 2 on two tokens; a NaN sampler token and a padding token are left out.
+    trainer = jnp.log(jnp.array([[0.5, 0.25, 0.5, 0.9]]))
+    sampler = jnp.log(jnp.array([[0.25, 0.5, jnp.nan, 0.1]]))
+    mask = jnp.array([[True, True, True, False]])
+    m = grpo.logp_mismatch_metrics(trainer, sampler, mask)
+    ln2 = math.log(2)
+    np.testing.assert_allclose(m["sampler/logp_diff_mean"], ln2, rtol=1e-6)
+    np.testing.assert_allclose(m["sampler/logp_diff_max"], ln2, rtol=1e-6)
+    np.testing.assert_allclose(m["sampler/kl_k1"], 0.0, atol=1e-7)
+    # k3: (2 - log 2 - 1) + (1/2 + log 2 - 1) = 1/2 over two tokens.
+    np.testing.assert_allclose(m["sampler/kl_k3"], 0.25, rtol=1e-6)
+
+
+def test_health_metrics_equal_policy_loss_entries():
+    logps, old, ref, mask = _random_batch(seed=7)
+    adv = jnp.array([1.0, -1.0, 0.5, -0.5])
+    kw = dict(
+        sampler_is_mode="sequence_truncate",
+        sampler_is_clip_min=0.8,
+        sampler_is_clip_max=1.6,
+        off_policy_mask_threshold=0.02,
+        top_entropy_quantile=0.4,
+    )
+    data = dict(sampler_logps_bt=old + 0.3 * jnp.cos(old * 11), entropy_bt=jnp.abs(jnp.sin(old * 3)))
+    _, m = grpo.policy_loss(logps, old, ref, adv, mask, beta=0.1, **kw, **data)
+    h = grpo.health_metrics(
+        old, data["sampler_logps_bt"], mask, advantages_b=adv, entropy_bt=data["entropy_bt"], logps_bt=logps, **kw
+    )
+    assert set(h) == {
+        "sampler/logp_diff_mean",
+        "sampler/logp_diff_max",
+        "sampler/kl_k1",
+        "sampler/kl_k3",
+        "sampler/is_weight_mean",
+        "sampler/is_weight_min",
+        "sampler/is_weight_max",
+        "sampler/is_truncated_fraction",
+        "off_policy_mask/dropped_fraction",
+        "entropy_mask/trained_fraction",
+    }
+    for k in h:
+        np.testing.assert_allclose(m[k], h[k], rtol=1e-6, err_msg=k)
+    assert 0 < float(h["sampler/is_truncated_fraction"]) < 1 and 0 < float(h["entropy_mask/trained_fraction"]) < 1
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Masked means
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_masked_mean():
     x = jnp.array([[1.0, 2.0, jnp.nan], [4.0, 5.0, 6.0]])
     m = jnp.array([[1, 1, 0], [0, 0, 0]], bool)
-    np.testing.assert_allclose(grpo.masked_seq_mean(x, m), [1.5, 0.0])
     np.testing.assert_allclose(grpo.masked_mean(x, m), 1.5)
+    np.testing.assert_allclose(grpo.masked_mean(x, m, axis=-1), [1.5, 0.0])  # per row; 0 for a fully masked row

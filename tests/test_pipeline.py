@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from r1jax import config_lib, kernels
+from r1jax import config_lib, kernels, train_state
 from r1jax import pipeline as pipeline_lib
 from r1jax.data import corpus, preferences
 from r1jax.data import tasks as tasks_lib
@@ -24,9 +24,10 @@ from r1jax.data.sft import SFTFields
 from r1jax.models import get_preset, init_model
 from r1jax.rewards import accuracy_reward, format_ok, summary_text, think_text
 from r1jax.rewards.compose import RewardSpec, make_reward_fn
+from r1jax.rewards.reward_model import RewardModelScorer
 from r1jax.rewards.routing import RoutedRewards
 from r1jax.tokenizer import SentencePieceTokenizer
-from r1jax.trainers import common, distill, grpo, grpo_config, rejection_sampling, reward_model, sft
+from r1jax.trainers import distill, grpo, grpo_config, rejection_sampling, reward_model, sft
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIPELINE = os.path.join(REPO, "experiments", "pipeline.py")
@@ -64,10 +65,10 @@ def pipeline_run(tiny_base_model, tmp_path_factory):
 
 
 def test_pipeline_runs_every_new_stage_for_two_steps(pipeline_run):
-    workdir, _, result = pipeline_run
+    workdir, config, result = pipeline_run
     assert result["stages_run"].split(",") == list(TEST_STAGES[1:])  # stage0 was there already
     for stage in TEST_STAGES:
-        assert pipeline_lib.is_complete(workdir, stage), stage
+        assert pipeline_lib.is_complete(workdir, stage, config.plan[stage].export), stage
     for stage in ("cold_start", "reasoning_rl", "rejection_sft", "reward_model", "general_rl", "distill"):
         steps = [h["step"] for h in _history(os.path.join(workdir, stage))]
         assert max(steps) == 2, (stage, steps)
@@ -108,12 +109,13 @@ def test_general_rl_routes_general_prompts_to_the_reward_model(pipeline_run):
 
 
 def test_results_table_has_a_row_per_evaluated_stage(pipeline_run):
-    workdir, _, _ = pipeline_run
+    workdir, config, _ = pipeline_run
     results = json.load(open(os.path.join(workdir, "results.json")))
     table = open(os.path.join(workdir, "results.md")).read()
     for stage in TEST_STAGES:
-        assert pipeline_lib.LABELS[stage] in table
-        if stage in pipeline_lib.NOT_EVALUATED:
+        assert config.plan[stage].label in table
+        if config.plan[stage].export != "model":  # the data set and the reward model are not policies
+            assert stage in ("rejection_sampling", "reward_model") and "pass@1" not in results["stages"][stage]
             continue
         m = results["stages"][stage]
         for key in ("pass@1", "cons@k", "format_rate", "language_consistency"):
@@ -121,6 +123,8 @@ def test_results_table_has_a_row_per_evaluated_stage(pipeline_run):
         assert 0 < m["mean_length"] <= 16  # runlocal samples at most 16 tokens
     assert results["stages"]["distill"]["num_params"] < results["stages"]["general_rl"]["num_params"]
     assert 0.0 <= results["reward_model"]["eval/pairwise_accuracy"] <= 1.0
+    assert results["rejection_sampling"]["data"]["num_rows"] > 0
+    assert "Reward model, held-out pairwise accuracy" in table and "Rejection sampling, kept fraction" in table
     assert any("student vs teacher" in line for line in results["comparisons"])
 
 
@@ -136,11 +140,14 @@ def test_rerun_skips_complete_stages(pipeline_run):
 def test_comparisons_state_which_student_is_closer_to_the_data_source():
     scores = {"reasoning_rl": 0.95, "general_rl": 0.88, "distill": 0.93, "student_rl": 0.89, "student_base": 0.1}
     rows = {s: {"pass@1": p} for s, p in scores.items()}
-    lines = pipeline_lib.comparisons(rows)
+    config = config_lib.load_config(PIPELINE + ":runlocal")
+    lines = pipeline_lib.comparisons(rows, config)
     assert "0.930 is better than" in lines[0] and "0.880" in lines[0]  # student vs teacher
     assert lines[-1].endswith("|Δ| 0.020, RL student |Δ| 0.060 → distillation")
     rows["student_rl"]["pass@1"] = 0.96
-    assert pipeline_lib.comparisons(rows)[-1].endswith("|Δ| 0.020, RL student |Δ| 0.010 → RL")
+    assert pipeline_lib.comparisons(rows, config)[-1].endswith("|Δ| 0.020, RL student |Δ| 0.010 → RL")
+    del rows["student_rl"]  # a stage not run: its lines are left out
+    assert len(pipeline_lib.comparisons(rows, config)) == 2
 
 
 def test_tiny_stages_share_the_evaluation_distribution():
@@ -177,14 +184,15 @@ def test_killed_mid_stage_rerun_gives_the_uninterrupted_table(pipeline_run, tiny
     proc.kill()
     proc.wait()
     assert os.path.isdir(step1), "the run ended before reasoning_rl committed step 1"
-    assert not pipeline_lib.is_complete(workdir, "reasoning_rl")
+    assert not pipeline_lib.is_complete(workdir, "reasoning_rl", "model")
     subprocess.run(cmd, env=subprocess_env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
     with open(os.path.join(workdir, "reasoning_rl", "ledger.jsonl")) as fh:
         assert [json.loads(line)["step"] for line in fh] == [1, 2]  # step 1 was not redone
     ref = json.load(open(os.path.join(ref_dir, "results.json")))["stages"]
     got = json.load(open(os.path.join(workdir, "results.json")))["stages"]
     assert list(got) == list(ref)
-    same = lambda entry: {k: v for k, v in entry.items() if k != "wall_time_s"}  # all but the timing
+    # all but the timing; compared as JSON text, so that a NaN metric (no formatted sample) equals itself
+    same = lambda entry: json.dumps({k: v for k, v in entry.items() if k != "wall_time_s"}, sort_keys=True)
     for stage in TEST_STAGES:
         assert same(got[stage]) == same(ref[stage]), stage
 
@@ -206,6 +214,41 @@ def test_stage_config_chains_exports_and_budgets_student_rl(tmp_path):
     json.dump({"wall_time_s": 12.5}, open(os.path.join(wd, "distill", pipeline_lib.STAGE_FILE), "w"))
     config.student_rl_time_factor = 2.0
     assert pipeline_lib.stage_config(config, "student_rl", wd).rl.max_time_s == 25.0
+    student = pipeline_lib.stage_config(config, "student_base", wd)
+    assert student.tokenizer.path == os.path.join(m("stage0"), "tokenizer.model")
+    assert pipeline_lib.stage_config(config, "stage0", wd).model.checkpoint == ""  # declares no inputs
+
+
+def test_stage_wiring_is_data():
+    """r1jax/pipeline.py names no stage; each stage's entry is its experiment file's ENTRY; a wrong declaration is
+    refused naming the stage and the field, before anything runs."""
+    source = open(pipeline_lib.__file__).read()
+    config = config_lib.load_config(PIPELINE + ":runlocal")
+    for stage in config.plan:
+        assert f'"{stage}"' not in source and f"'{stage}'" not in source, stage
+    assert not hasattr(pipeline_lib, "ENTRIES")
+    assert config.plan.distill.inputs == (
+        ("model.checkpoint", "student_base", "model"),
+        ("data.files", "rejection_sampling", "data"),
+        ("teacher.checkpoint", "general_rl", "model"),
+    )
+    pipeline_lib.validate(config)
+    bad = [
+        ("plan.distill.inputs", (("teacher.checkpoints", "general_rl", "model"),), "no field 'teacher.checkpoints'"),
+        ("plan.distill.inputs", (("teacher.checkpoint", "teacher", "model"),), "source stage 'teacher'"),
+        ("plan.distill.inputs", (("teacher.checkpoint", "general_rl", "weights"),), "output 'weights'"),
+        ("plan.student_rl.inputs", (("rl.max_time_s", "distill", "wall_time_s"),), "a factor field goes with"),
+        ("plan.reward_model.export", "weights", "plan.reward_model.export='weights'"),
+        ("stages", ("stage0", "stage7"), "'stage7' has no plan.stage7"),
+    ]
+    for field, value, match in bad:
+        c = config_lib.load_config(PIPELINE + ":runlocal")
+        node, name = c, field.split(".")
+        for part in name[:-1]:
+            node = node[part]
+        node[name[-1]] = value
+        with pytest.raises(ValueError, match=match.replace("(", r"\(")):
+            pipeline_lib.validate(c)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -215,7 +258,7 @@ def test_stage_config_chains_exports_and_budgets_student_rl(tmp_path):
 def test_cold_start_records_are_correct_and_in_the_output_format():
     task = tasks_lib.get_task("arithmetic")
     records = corpus.cold_start_records(task, 50, seed=0, difficulty=1, template="short")
-    examples = task.generate(50, seed=0, difficulty=1)
+    examples = task.generate(50, seed=0, difficulty=1, split="train")  # training data: the train split
     assert all(format_ok(r["response"], "strict") for r in records)
     assert (
         accuracy_reward(
@@ -316,7 +359,7 @@ def test_reward_model_pairwise_accuracy_rises(tiny_base_model, tmp_path):
     for kind in ("refusal", "harmful", "harmful_think"):
         assert out[f"eval/pairwise_accuracy/{kind}"] >= 0.9, kind
     # The export scores like the trained model: chosen above rejected on the easy (refusal) pairs.
-    scorer = reward_model.RewardModelScorer(str(tmp_path / "model"), batch_size=4)
+    scorer = RewardModelScorer(str(tmp_path / "model"), batch_size=4)
     pairs = [p for p in preferences.preference_pairs(40, seed=99) if p["kind"] == "refusal"]
     chosen = scorer([p["prompt"] for p in pairs], [p["chosen"] for p in pairs])
     rejected = scorer([p["prompt"] for p in pairs], [p["rejected"] for p in pairs])
@@ -334,9 +377,7 @@ def test_routed_rewards_send_general_prompts_to_the_scorer():
     reasoning = make_reward_fn([RewardSpec("format", kwargs={"mode": "strict"})])
     general = make_reward_fn(
         [
-            RewardSpec(
-                "reward_model", weight=w, key=k, kwargs={"scorer": scorer, "summary_only": k == "helpfulness"}
-            )
+            RewardSpec("reward_model", weight=w, key=k, kwargs={"scorer": scorer, "summary_only": k == "helpfulness"})
             for k, w in rc.general_weights.items()
         ]
     )
@@ -374,8 +415,8 @@ def _kd_setup(v=64):
         "segment_ids_bt": np.ones((b, t), np.int32),
         "positions_bt": np.arange(t)[None].repeat(b, 0).astype(np.int32),
     }
-    s_gd, s_params, _ = common.split_model(student)
-    t_gd, t_params, _ = common.split_model(teacher)
+    s_gd, s_params, _ = train_state.split_model(student)
+    t_gd, t_params, _ = train_state.split_model(teacher)
     return student, teacher, batch, s_gd, s_params, t_gd, t_params
 
 
@@ -413,9 +454,9 @@ def test_distill_kl_loss_decreases(direction):
     )
     c = distill.distill_config()
     c.optim.update(learning_rate=1e-2, warmup_steps=0, decay="constant")
-    optimizer = common.make_optimizer(c.optim, 15)
-    graphdef, state, _ = common.create_train_state(
-        common.merge(s_gd, s_params),
+    optimizer = train_state.make_optimizer(c.optim, 15)
+    graphdef, state, _ = train_state.create_train_state(
+        train_state.merge(s_gd, s_params),
         optimizer,
         jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor")),
         0,

@@ -1,6 +1,7 @@
 """Rewards: answer extraction and verification, format, language consistency, overlong, reward-model hook, and
 the composition's handling of errors, NaN and timeouts (from the main thread and from a worker thread)."""
 
+import random
 import threading
 import time
 
@@ -14,6 +15,7 @@ from r1jax.rewards import (
     check_answer,
     extract_answer,
     format_reward,
+    gym_score_reward,
     language_consistency,
     language_consistency_reward,
     make_reward_fn,
@@ -287,3 +289,77 @@ def test_parse_reward_specs():
         parse_reward_specs("format=1,format=2")
     with pytest.raises(ValueError, match="executor='gpu'"):
         RewardSpec("format", executor="gpu")
+
+
+# ----------------------------------------------------------------------------- reasoning-gym scoring
+
+# Datasets whose scorer works from the answer alone, needs the entry's metadata, or rejects its own gold without it.
+GYM_TASKS = (
+    "basic_arithmetic", "decimal_arithmetic", "chain_sum", "leg_counting", "prime_factorization", "gcd",
+    "advanced_geometry", "calendar_arithmetic", "complex_arithmetic", "cryptarithm", "word_sorting", "number_format",
+    "time_intervals", "bitwise_arithmetic", "fraction_simplification", "number_sorting", "palindrome_generation",
+    "mini_sudoku", "spell_backward",
+)  # fmt: skip
+
+
+def test_gym_records_are_scored_by_their_own_config():
+    rg = pytest.importorskip("reasoning_gym")
+    config = dict(min_num_decimal_places=1, max_num_decimal_places=1)
+    records = [e.to_dict() for e in get_task("gym:decimal_arithmetic", **config).generate(20, seed=5)]
+    assert records[0]["meta"]["gym"] == {"dataset": "decimal_arithmetic", "config": config}
+    own = rg.create_dataset("decimal_arithmetic", size=20, seed=5, **config)
+    near = [f"{float(r['answer']) + 0.05:.6f}" for r in records]  # within one unit of the 1st decimal place
+    assert all(own.score_answer(a, own[i]) == 1.0 for i, a in enumerate(near))
+    completions = [f"<answer>{a}</answer>" for a in near]
+    answers = [r["answer"] for r in records]
+    # accuracy_reward builds the task with its default config (3 decimal places); the record's config rules.
+    assert accuracy_reward(completions, answers, examples=records) == [1.0] * 20
+    assert (
+        accuracy_reward([f"<answer>{float(a) + 0.3:.6f}</answer>" for a in answers], answers, examples=records)
+        == [0.0] * 20
+    )
+    default = rg.create_dataset("decimal_arithmetic", size=1, seed=0)
+    assert not any(default.score_answer(a, own[i]) == 1.0 for i, a in enumerate(near))  # the default rules differ
+    assert gym_score_reward(completions, examples=records) == [1.0] * 20
+    assert gym_score_reward(completions[:1], examples=[{"task": "arithmetic"}]) == [None]
+
+
+@pytest.mark.parametrize("name", GYM_TASKS)
+def test_gym_verify_agrees_with_score_answer(name):
+    rg = pytest.importorskip("reasoning_gym")
+    task = get_task(f"gym:{name}")
+    examples = task.generate(4, seed=3)
+    ds = rg.create_dataset(name, size=4, seed=3)
+    for i, e in enumerate(examples):
+        entry = ds[i]
+        assert e.meta["entry"]["answer"] == entry["answer"]
+        for pred in (e.answer, examples[(i + 1) % 4].answer):  # the gold, and another item's (wrong) answer
+            ref = ds.score_answer(pred, entry) >= 1.0
+            assert task.verify(pred, e) == task.verify(pred, e.to_dict()) == task.verify(pred, e.answer) == ref, pred
+        assert not e.solution.endswith("None") and e.solution.endswith(f"{entry['answer']}.")
+        _, wrong = task.noisy_solution(e, random.Random(i), 1.0)
+        assert ds.score_answer(wrong, entry) < 1.0 and not task.verify(wrong, e)
+
+
+def test_gym_items_without_a_gold_answer_get_no_solutions():
+    pytest.importorskip("reasoning_gym")
+    task = get_task("gym:propositional_logic")
+    examples = task.generate(5, seed=0)
+    assert all(e.answer == "" and e.solution == "" and e.meta["entry"]["answer"] is None for e in examples)
+    with pytest.raises(ValueError, match="no single gold answer"):
+        task.worked_solution(examples[0])
+    with pytest.raises(ValueError, match="no single gold answer"):
+        task.noisy_solution(examples[0], random.Random(0), 0.5)
+    assert not task.verify("", examples[0])  # still scored (by validity) for RL
+
+
+def test_gym_wrong_solutions_are_wrong_for_palindromic_answers():
+    rg = pytest.importorskip("reasoning_gym")
+    task = get_task("gym:prime_factorization")
+    examples = task.generate(50, seed=0)
+    ds = rg.create_dataset("prime_factorization", size=50, seed=0)
+    # Reversed text is still right whenever it is the same factors ('3 × 3', or any order of them).
+    assert sum(ds.score_answer(e.answer[::-1], ds[i]) == 1.0 for i, e in enumerate(examples)) >= 5
+    for i, e in enumerate(examples):
+        _, wrong = task.noisy_solution(e, random.Random(i), 1.0)
+        assert ds.score_answer(wrong, ds[i]) < 1.0 and not task.verify(wrong, e), (e.answer, wrong)

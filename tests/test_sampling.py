@@ -1,4 +1,6 @@
-"""Tests of r1jax.sampling: cache vs no-cache greedy, sampling distributions, stops, log-probs, sharding, compiles."""
+"""Tests of r1jax.sampling: cache vs no-cache greedy, sampling distributions (also at vocabulary scale), stops,
+log-probs, sharding, compiles; rollout tests run under both schedulers, and the continuous one must reproduce the
+static one token for token."""
 
 import json
 import os
@@ -11,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.stats
 from flax import nnx
 
 from r1jax import sampling
@@ -44,11 +47,25 @@ def model():
     return tiny_model()
 
 
+# Continuous runs use fewer slots than samples (12 samples in the rollout tests), and a slot count that is not a
+# multiple of G, so refills happen mid-decode and slots hold samples of different prompts side by side.
+SLOTS = 5
+
+
+def scheduled(config, scheduler):
+    return config.replace(scheduler="continuous", num_slots=SLOTS) if scheduler == "continuous" else config
+
+
+schedulers = pytest.mark.parametrize("scheduler", ["static", "continuous"])
+
+
 # ------------------------------------------------------------------------------------------------ cache vs reference
 
 
-def test_greedy_with_cache_equals_no_cache_reference(model):
-    got = sampling.generate(model, PROMPTS, max_new_tokens=20)
+@schedulers
+def test_greedy_with_cache_equals_no_cache_reference(model, scheduler):
+    slots = 3 if scheduler == "continuous" else 0
+    got = sampling.generate(model, PROMPTS, max_new_tokens=20, scheduler=scheduler, num_slots=slots)
     want = sampling.reference_generate(model, PROMPTS, max_new_tokens=20)
     assert [rows[0] for rows in got] == want
     # The check means something only if continuations depend on the prompt and vary along the way.
@@ -56,10 +73,14 @@ def test_greedy_with_cache_equals_no_cache_reference(model):
     assert all(len(set(w)) > 2 for w in want)
 
 
-def test_generate_cuts_at_eos_and_returns_num_samples_lists(model):
+@schedulers
+def test_generate_cuts_at_eos_and_returns_num_samples_lists(model, scheduler):
     free = sampling.generate(model, PROMPTS, max_new_tokens=20)
     eos = free[1][0][5]
-    got = sampling.generate(model, PROMPTS, max_new_tokens=20, eos_id=eos, num_samples=2)
+    slots = 3 if scheduler == "continuous" else 0
+    got = sampling.generate(
+        model, PROMPTS, max_new_tokens=20, eos_id=eos, num_samples=2, scheduler=scheduler, num_slots=slots
+    )
     for rows_free, rows in zip(free, got):
         first = rows_free[0].index(eos) if eos in rows_free[0] else len(rows_free[0])
         assert rows == [rows_free[0][:first]] * 2
@@ -128,10 +149,12 @@ def test_greedy_selection_is_argmax_with_raw_logps():
 CONFIG = SamplingConfig(num_samples=3, max_new_tokens=12, temperature=1.0, prompt_bucket=16)
 
 
-def test_shared_prefill_equals_per_copy_prefill(model):
+@schedulers
+def test_shared_prefill_equals_per_copy_prefill(model, scheduler):
     rng = jax.random.key(7)
-    shared = sampling.sample(model, None, PROMPTS, rng, CONFIG)
-    separate = sampling.sample(model, None, PROMPTS, rng, CONFIG.replace(share_prefill=False))
+    config = scheduled(CONFIG, scheduler)
+    shared = sampling.sample(model, None, PROMPTS, rng, config)
+    separate = sampling.sample(model, None, PROMPTS, rng, config.replace(share_prefill=False))
     np.testing.assert_array_equal(shared.completion_tokens_bt, separate.completion_tokens_bt)
     np.testing.assert_allclose(shared.logps_bt, separate.logps_bt, atol=1e-5)
     # G samples of one prompt differ: the KV cache was shared, the randomness is not.
@@ -139,8 +162,9 @@ def test_shared_prefill_equals_per_copy_prefill(model):
     assert all(len({tuple(r) for r in group}) > 1 for group in tokens)
 
 
-def test_rollout_layout(model):
-    r = sampling.sample(model, None, PROMPTS, jax.random.key(0), CONFIG)
+@schedulers
+def test_rollout_layout(model, scheduler):
+    r = sampling.sample(model, None, PROMPTS, jax.random.key(0), scheduled(CONFIG, scheduler))
     assert isinstance(r, Rollout) and r.logps_kind == "raw" and r.num_samples == 3
     assert r.prompt_tokens_pt.shape == (4, 16) and r.completion_tokens_bt.shape == (12, 12)
     np.testing.assert_array_equal(r.group_b, np.repeat(np.arange(4), 3))
@@ -149,10 +173,12 @@ def test_rollout_layout(model):
         assert int(r.prompt_mask_pt[i].sum()) == len(p) and bool(r.prompt_mask_pt[i, -1])
 
 
+@schedulers
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_sampler_logps_equal_completion_logps(model, temperature):
+def test_sampler_logps_equal_completion_logps(model, temperature, scheduler):
     # T=1 reuses CONFIG's compilation; T=0.7 also stops rows on an EOS, so masked tokens are exercised.
     config = CONFIG if temperature == 1.0 else CONFIG.replace(temperature=temperature, eos_id=7)
+    config = scheduled(config, scheduler)
     graphdef, params = nnx.split(model)
     r = sampling.sample(graphdef, params, PROMPTS, jax.random.key(1), config)
     assert r.logps_kind == ("raw" if temperature == 1.0 else "tempered")
@@ -161,7 +187,8 @@ def test_sampler_logps_equal_completion_logps(model, temperature):
     )
     mask = np.asarray(r.completion_mask_bt)
     assert mask.sum() > 20 and np.all(np.asarray(r.logps_bt)[mask] < 0)
-    np.testing.assert_allclose(np.asarray(recomputed), np.asarray(r.logps_bt), atol=1e-5, rtol=0)
+    # 1e-5 at T=1; logits / T carry 1/T times the f32 rounding of the two forwards (cached vs not), hence 1e-5 / T.
+    np.testing.assert_allclose(np.asarray(recomputed), np.asarray(r.logps_bt), atol=1e-5 / temperature, rtol=0)
 
 
 def first_stop(tokens, eos_id, stop_sequences):
@@ -172,7 +199,8 @@ def first_stop(tokens, eos_id, stop_sequences):
     return None
 
 
-def test_stop_sequences_eos_masks_and_lengths(model):
+@schedulers
+def test_stop_sequences_eos_masks_and_lengths(model, scheduler):
     rng = jax.random.key(11)
     free = sampling.sample(model, None, PROMPTS, rng, CONFIG)
     free_bt = np.asarray(free.completion_tokens_bt)
@@ -181,7 +209,7 @@ def test_stop_sequences_eos_masks_and_lengths(model):
     # stopped rollout reproduces the free one up to its first stop.
     eos = int(free_bt[0, 4])
     stop_sequences = (tuple(int(x) for x in free_bt[4, 2:4]), tuple(int(x) for x in free_bt[8, 6:9]))
-    config = CONFIG.replace(eos_id=eos, stop_sequences=stop_sequences, pad_id=VOCAB + 1)
+    config = scheduled(CONFIG.replace(eos_id=eos, stop_sequences=stop_sequences, pad_id=VOCAB + 1), scheduler)
     r = sampling.sample(model, None, PROMPTS, rng, config)
     tokens_bt, mask_bt = np.asarray(r.completion_tokens_bt), np.asarray(r.completion_mask_bt)
     lengths_b, logps_bt = np.asarray(r.lengths_b), np.asarray(r.logps_bt)
@@ -194,7 +222,7 @@ def test_stop_sequences_eos_masks_and_lengths(model):
         np.testing.assert_array_equal(mask_bt[b], np.arange(12) < n)
         np.testing.assert_array_equal(tokens_bt[b, :n], free_bt[b, :n])
         assert np.all(tokens_bt[b, n:] == VOCAB + 1) and np.all(logps_bt[b, n:] == 0)
-        np.testing.assert_allclose(logps_bt[b, :n], np.asarray(free.logps_bt)[b, :n], atol=1e-6)
+        np.testing.assert_allclose(logps_bt[b, :n], np.asarray(free.logps_bt)[b, :n], atol=1e-5)
     assert n_stopped >= 3  # at least the three rows the stops were taken from
     # completion_bucket trims the time axis to the bucketed longest completion (without recompiling).
     trimmed = sampling.sample(model, None, PROMPTS, rng, config.replace(completion_bucket=4, bucket_mode="multiple"))
@@ -203,10 +231,12 @@ def test_stop_sequences_eos_masks_and_lengths(model):
     np.testing.assert_array_equal(trimmed.completion_mask_bt, mask_bt[:, :width])
 
 
-def test_deterministic_for_rng_and_varies_with_rng(model):
-    a = sampling.sample(model, None, PROMPTS, jax.random.key(5), CONFIG)
-    b = sampling.sample(model, None, PROMPTS, jax.random.key(5), CONFIG)
-    c = sampling.sample(model, None, PROMPTS, jax.random.key(6), CONFIG)
+@schedulers
+def test_deterministic_for_rng_and_varies_with_rng(model, scheduler):
+    config = scheduled(CONFIG, scheduler)
+    a = sampling.sample(model, None, PROMPTS, jax.random.key(5), config)
+    b = sampling.sample(model, None, PROMPTS, jax.random.key(5), config)
+    c = sampling.sample(model, None, PROMPTS, jax.random.key(6), config)
     np.testing.assert_array_equal(a.completion_tokens_bt, b.completion_tokens_bt)
     np.testing.assert_array_equal(a.logps_bt, b.logps_bt)
     assert np.mean(np.asarray(a.completion_tokens_bt) != np.asarray(c.completion_tokens_bt)) > 0.5
@@ -221,13 +251,152 @@ def test_config_errors_name_the_field():
         SamplingConfig(stop_sequences=([1, 2],))
     with pytest.raises(ValueError, match=r"prompts\[1\] is empty"):
         sampling.pad_prompts([[1], []], SamplingConfig())
+    with pytest.raises(ValueError, match="scheduler='dynamic'"):
+        SamplingConfig(scheduler="dynamic")
+    with pytest.raises(ValueError, match="num_slots=4 with sampling.scheduler='static'"):
+        SamplingConfig(num_slots=4)
+    with pytest.raises(ValueError, match="num_slots=-1"):
+        SamplingConfig(scheduler="continuous", num_slots=-1)
+    with pytest.raises(ValueError, match="top_p_prefilter=0"):
+        SamplingConfig(top_p_prefilter=0)
+
+
+# ------------------------------------------------------------------------------------------------ continuous batching
+
+
+@pytest.mark.parametrize("num_slots", [1, 4, 12])
+def test_continuous_equals_static_token_for_token(model, num_slots):
+    """Greedy and sampled (fixed rng) rollouts do not depend on the scheduler or on how many slots there are: a
+    sample's tokens are a function of (rng, sample index) only. EOS stops make samples leave slots early."""
+    rows = []
+    for config in [CONFIG.replace(greedy=True, eos_id=9), CONFIG.replace(temperature=0.8, top_p=0.9, eos_id=7)]:
+        static = sampling.sample(model, None, PROMPTS, jax.random.key(21), config)
+        cont = sampling.sample(
+            model, None, PROMPTS, jax.random.key(21), config.replace(scheduler="continuous", num_slots=num_slots)
+        )
+        for field in ["completion_tokens_bt", "completion_mask_bt", "lengths_b", "truncated_b", "group_b"]:
+            np.testing.assert_array_equal(getattr(cont, field), getattr(static, field), err_msg=field)
+        np.testing.assert_allclose(cont.logps_bt, static.logps_bt, atol=1e-5, rtol=0)
+        assert cont.logps_kind == static.logps_kind
+        rows.append(np.asarray(static.lengths_b))
+    # Meaningful only if lengths differ, so that slots free up at different steps.
+    assert all(len(set(lengths.tolist())) >= 3 for lengths in rows), rows
+
+
+@schedulers
+def test_per_sample_budgets_stop_rows_without_recompiling(model, scheduler):
+    config = scheduled(CONFIG, scheduler)  # compiled by the tests above
+    rng = jax.random.key(13)
+    free = sampling.sample(model, None, PROMPTS, rng, config)
+    before = sampling.num_compilations()
+    budgets = np.random.default_rng(0).integers(1, 13, size=12)
+    r = sampling.sample(model, None, PROMPTS, rng, config, budgets=budgets)
+    assert sampling.num_compilations() == before
+    np.testing.assert_array_equal(r.lengths_b, budgets)
+    assert np.all(r.truncated_b)  # a budget stop is a truncation, as at max_new_tokens
+    for b, n in enumerate(budgets):
+        np.testing.assert_array_equal(r.completion_tokens_bt[b, :n], free.completion_tokens_bt[b, :n])
+    with pytest.raises(ValueError, match="budgets"):
+        sampling.sample(model, None, PROMPTS, rng, config, budgets=[13] * 12)
+
+
+def test_kv_cache_bytes_bounded_by_slots():
+    cfg = tiny_model().cfg
+    config = SamplingConfig(num_samples=8, max_new_tokens=100, scheduler="continuous", num_slots=6)
+    got = sampling.kv_cache_bytes(cfg, config, num_prompts=4, prompt_len=28)
+    cache = sampling.KVCache.init(cfg, 6, 128)
+    assert got["decode"] == sum(x.nbytes for x in jax.tree.leaves(cache) if x.ndim > 1)
+    static = sampling.kv_cache_bytes(cfg, config.replace(scheduler="static", num_slots=0), 4, 28)
+    assert static["decode"] == got["decode"] * 32 // 6
+
+
+# ------------------------------------------------------------------------------------------------ vocabulary scale
+
+
+def peaked_logits(vocab, head=40, seed=0):
+    """A language-model-like row: `head` plausible tokens at scattered ids and a long flat tail with ~3% of the mass."""
+    rng = np.random.default_rng(seed)
+    logits_v = np.full(vocab, -10.0, np.float32) + rng.normal(0, 0.3, vocab).astype(np.float32)
+    ids = rng.choice(vocab, head, replace=False)
+    logits_v[ids] = np.linspace(4.0, 0.0, head) + rng.normal(0, 0.05, head)
+    return logits_v
+
+
+def check_distribution(logits_v, config, n, seed):
+    """Chi-square (support cells merged until each expects >= 5 draws) and TV of n draws of select_tokens."""
+    want_v = exact_distribution(logits_v, config.temperature, config.top_k, config.top_p)
+    chunk = 500  # (chunk, V) at a time: V = 151,936 with thousands of draws does not fit at once
+    keys_n = sampling.row_keys(jax.random.key(seed), n).reshape(n // chunk, chunk)
+    # The logits are an argument, not a closure constant: XLA would constant-fold the (chunk, V) ops at compile time.
+    select = jax.jit(lambda lg, keys: sampling.select_tokens(jnp.broadcast_to(lg, (chunk, len(lg))), keys, config))
+    logits_v = np.asarray(logits_v, np.float32)
+    tokens_n, logps_n = (np.concatenate(x) for x in zip(*(jax.device_get(select(logits_v, k)) for k in keys_n)))
+    counts_v = np.bincount(tokens_n, minlength=len(logits_v))
+    assert counts_v[want_v == 0].sum() == 0  # never a token outside the top-k / nucleus
+    order = np.argsort(-want_v)
+    order = order[want_v[order] > 0]
+    obs, exp, acc_o, acc_e = [], [], 0, 0.0
+    for i in order:
+        acc_o, acc_e = acc_o + counts_v[i], acc_e + want_v[i] * n
+        if acc_e >= 5:
+            obs.append(acc_o)
+            exp.append(acc_e)
+            acc_o, acc_e = 0, 0.0
+    obs[-1] += acc_o
+    exp[-1] += acc_e
+    chi2 = float(np.sum((np.array(obs) - np.array(exp)) ** 2 / np.array(exp)))
+    assert chi2 < scipy.stats.chi2.ppf(0.999, len(obs) - 1), (chi2, len(obs))
+    assert 0.5 * np.abs(counts_v / n - want_v).sum() < 0.06
+    np.testing.assert_allclose(logps_n, np.log(want_v[tokens_n]), atol=1e-4)
+    return want_v
+
+
+@pytest.mark.parametrize(
+    "temperature,top_k,top_p,prefilter",
+    [
+        (0.6, 0, 0.95, 256),  # R1's evaluation setting; the nucleus fits in the prefilter
+        (1.0, 20, 0.9, 256),  # top-k then top-p
+        (1.0, 0, 0.9, 16),  # the nucleus (~30 tokens) exceeds the prefilter: the full-sort fallback
+    ],
+)
+def test_top_p_top_k_distribution_at_large_vocab(temperature, top_k, top_p, prefilter):
+    vocab = 20_000  # > the prefilter by far; test_top_p_top_k_distribution_at_qwen_vocab runs V = 151,936
+    config = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, top_p_prefilter=prefilter)
+    want_v = check_distribution(peaked_logits(vocab), config, n=3000, seed=1)
+    if prefilter == 16:
+        assert (want_v > 0).sum() > prefilter
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prefilter", [256, 16])
+def test_top_p_top_k_distribution_at_qwen_vocab(prefilter):
+    config = SamplingConfig(temperature=0.6, top_p=0.95, top_p_prefilter=prefilter)
+    check_distribution(peaked_logits(151_936, head=60), config, n=4000, seed=2)
+
+
+def test_top_p_prefilter_equals_full_sort_per_row():
+    """Rows whose nucleus fits the prefilter and rows that need the fallback, in one batch: the kept set equals the
+    full-sort one exactly, row by row."""
+    vocab = 20_000
+    rows = [peaked_logits(vocab, seed=s) for s in range(3)]
+    rows.append(np.random.default_rng(9).normal(0, 0.5, vocab).astype(np.float32))  # flat: nucleus of thousands
+    logits_bv = jnp.asarray(np.stack(rows))
+    for top_p in [0.5, 0.9, 0.99]:
+        fast = sampling.process_logits(logits_bv, SamplingConfig(top_p=top_p, top_p_prefilter=64))
+        full = sampling.process_logits(logits_bv, SamplingConfig(top_p=top_p, top_p_prefilter=vocab))
+        kept_fast, kept_full = np.isfinite(fast), np.isfinite(full)
+        np.testing.assert_array_equal(kept_fast, kept_full, err_msg=f"top_p={top_p}")
+        assert kept_full[3].sum() > 64  # the flat row really took the fallback
 
 
 # ------------------------------------------------------------------------------------------------ compilations
 
 
-def test_compilations_bounded_over_stream_of_lengths(model):
-    config = CONFIG.replace(num_samples=2, max_new_tokens=4, prompt_bucket=8)  # buckets 8, 16, 32
+@schedulers
+def test_compilations_bounded_over_stream_of_lengths(model, scheduler):
+    config = CONFIG.replace(num_samples=2, max_new_tokens=4, prompt_bucket=8, eos_id=3)  # buckets 8, 16, 32
+    # Continuous: 6 samples through 4 slots; with EOS stops they enter and leave slots at varying steps.
+    config = config.replace(scheduler="continuous", num_slots=4) if scheduler == "continuous" else config
     graphdef, params = nnx.split(model)
     rng = np.random.default_rng(0)
     before = sampling.num_compilations()
@@ -268,6 +437,10 @@ SHARDED_SCRIPT = textwrap.dedent(
         out[str(shape)] = np.asarray(r.completion_tokens_bt).tolist()
         out[str(shape) + "/spec"] = str(r.completion_tokens_bt.sharding.spec)
         out[str(shape) + "/shards"] = len(r.completion_tokens_bt.addressable_shards)
+    # The continuous scheduler over the mesh: 8 slots split over 8 devices, refilled from 16 samples.
+    cont = config.replace(scheduler="continuous", num_slots=8)
+    r = sampling.sample(graphdef, placed, prompts, jax.random.key(4), cont, mesh=mesh)
+    out["continuous"] = np.asarray(r.completion_tokens_bt).tolist()
     print("RESULT " + json.dumps(out))
     """
 )
@@ -286,6 +459,7 @@ def test_sharded_over_8_devices_matches_single_device():
     for shape in ["(8, 1, 1)", "(2, 2, 2)"]:
         np.testing.assert_array_equal(np.array(out[shape]), single, err_msg=shape)
         assert "data" in out[shape + "/spec"] and out[shape + "/shards"] == 8
+    np.testing.assert_array_equal(np.array(out["continuous"]), single, err_msg="continuous")
 
 
 # ------------------------------------------------------------------------------------------------ transformers parity

@@ -1,6 +1,8 @@
 """Code sandbox: limits hold (time, memory, processes, output, files, environment, network), correct programs
 pass, and a sandbox that cannot start scores None rather than 0. Every test is bounded by ~1 s timeouts."""
 
+import json
+import math
 import os
 import socket
 import time
@@ -8,7 +10,7 @@ import time
 import pytest
 
 from r1jax.rewards import SandboxConfig, TestCase, code_reward, run_program, run_tests
-from r1jax.rewards.sandbox import parse_tests
+from r1jax.rewards.sandbox import convert_asserts, parse_tests
 
 FAST = SandboxConfig(timeout_s=1.0, memory_mb=256)
 
@@ -152,3 +154,97 @@ def test_code_reward_on_records():
     assert parse_tests('[{"stdin": "1", "stdout": "2"}]') == [TestCase("1", "2")]
     with pytest.raises(ValueError, match="exactly one"):
         TestCase("1")
+    with pytest.raises(ValueError, match="exactly one"):
+        TestCase(expected_stdout="1", call="f")
+
+
+def test_plain_data_round_trip_and_refusals():
+    from r1jax.rewards._sandbox_harness import EncodeError, decode, encode
+
+    values = [None, True, 0, -7, 2**80, 1.5, float("inf"), "x", [1, (2, 3)], {"a": {1, 2}}, {(1, 2): frozenset({3})}]
+    for v in values:
+        back = decode(json.loads(json.dumps(encode(v))))
+        assert back == v and type(back) is type(v)
+    assert math.isnan(decode(encode(float("nan"))))
+
+    class Int(int):
+        pass
+
+    for bad in (Int(3), object(), b"bytes", [1, object()]):
+        with pytest.raises(EncodeError):
+            encode(bad)
+    for forged in ({"__eq__": 1}, {"tuple": "ab"}, {"dict": [[1]]}, {"a": 1, "b": 2}):
+        with pytest.raises(ValueError):
+            decode(forged)
+
+
+@pytest.mark.parametrize(
+    "code, parsed",
+    [
+        ("assert f(2) == 4", [("f", (2,), "eq", 4)]),
+        ("assert 4 == f(x=2)", [("f", (), "eq", 4)]),
+        ("assert f([1, 2], 'a') != (1,)", [("f", ([1, 2], "a"), "ne", (1,))]),
+        ("assert f(0) is None\nassert not f(1)\nassert f(2)", [("f", (0,), "is", None), ("f", (1,), "falsy", None),
+                                                              ("f", (2,), "truthy", None)]),
+        ("assert abs(f(1.5) - 0.5) < 1e-6", [("f", (1.5,), "close", 0.5)]),
+        ("M = {'a': 1}\n\ndef check(candidate):\n    'doc'\n    assert candidate(3) == 9\n    assert True\n\ncheck(g)",
+         [("g", (3,), "eq", 9)]),
+    ],
+)  # fmt: skip
+def test_asserts_become_parent_side_comparisons(code, parsed):
+    checks = convert_asserts(TestCase(assert_code=code))
+    assert [(c.fn, c.args, c.kind, c.expected) for c in checks] == parsed
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "for i in range(3):\n    assert f(i) == i",  # a loop
+        "assert len(f(2)) == 4",  # a builtin around the call
+        "assert f(y) == 4",  # a non-literal argument
+        "assert aux(2) == 4",  # a function the trusted setup defines
+        "assert f(2) == 4\nprint('x')",  # any other statement
+        "def check(candidate):\n    x = candidate(1)\n    assert x == 1\n\ncheck(f)",
+    ],
+)
+def test_other_asserts_run_in_the_checking_process(code):
+    test = TestCase(assert_code=code, setup="def aux(x):\n    return x * 2\n")
+    assert convert_asserts(test) is None
+
+
+def test_checking_process_runs_asserts_against_plain_answers():
+    test = TestCase(
+        assert_code="for i in range(5):\n    assert f(i) == aux(i)", setup="def aux(x):\n    return x * x\n"
+    )
+    assert run_tests("def f(x):\n    return x * x\n", [test], FAST) == 1.0
+    assert run_tests("def f(x):\n    return x * 3\n", [test], FAST) == 0.0
+    # The candidate's own `aux` does not replace the trusted one in the checker.
+    assert run_tests("def aux(x):\n    return 0\ndef f(x):\n    return 0\n", [test], FAST) == 0.0
+    # A tuple comes back a tuple (the test compares with ==, types included), a non-plain value fails the call.
+    test = TestCase(assert_code="r = f(1)\nassert r == (1, 2) and isinstance(r, tuple)")
+    assert run_tests("def f(x):\n    return (x, x + 1)\n", [test], FAST) == 1.0
+    assert run_tests("def f(x):\n    return [x, x + 1]\n", [test], FAST) == 0.0
+
+
+def test_call_tests_and_mixed_forms():
+    code = (
+        "import sys\ndef f(x, y=1):\n    return {'sum': x + y}\nif sys.stdin.read().strip() == 'go':\n    print('ok')\n"
+    )
+    tests = parse_tests(
+        [
+            {"fn": "f", "args": [1, 2], "expected": {"sum": 3}},
+            {"fn": "f", "args": [1], "expected": "{'sum': 2}"},  # a Python literal given as text
+            {"fn": "f", "args": [5], "expected": {"sum": 5}},  # wrong
+            {"fn": "g", "args": [], "expected": None},  # no such function
+            {"input": "go", "output": "ok"},
+            {"assert": "assert f(0) == {'sum': 1}"},
+        ]
+    )
+    assert [t.call for t in tests[:4]] == ["f", "f", "f", "g"]
+    assert run_tests(code, tests, FAST) == pytest.approx(4 / 6)
+    apps = parse_tests({"fn_name": "f", "inputs": [[1, 1], [2, 2]], "outputs": [[{"sum": 2}], [{"sum": 4}]]})
+    assert apps == [
+        TestCase(call="f", args=(1, 1), expected={"sum": 2}),
+        TestCase(call="f", args=(2, 2), expected={"sum": 4}),
+    ]
+    assert run_tests(code, apps, FAST) == 1.0

@@ -1,13 +1,14 @@
 """Sharded == unsharded: one GRPO `train_step` on 8 fake CPU devices gives the same loss and updated params on the
 meshes ('data', 'fsdp', 'tensor') = (8,1,1), (2,4,1), (2,2,2) as on (1,1,1).
 
-The step runs in a child process (XLA_FLAGS must force 8 host devices before jax is imported), jitted with explicit
-in/out shardings exactly as `r1jax.trainers.grpo.train` does. The batch carries old and reference log-probs
-(μ > 1 and β > 0 paths) and is built directly: random tokens with left-padded prompts and completions of different
-lengths. The tiny preset's dimensions divide every mesh size, so `RULES` really shard the params (checked: on
-(2,2,2) weights are split over 'fsdp' and 'tensor' and each device holds a quarter of a matrix or less).
+The step runs in a child process (XLA_FLAGS must force 8 host devices before jax is imported), built by
+`r1jax.rollouts.make_grpo_step` as for `r1jax.trainers.grpo.train` (explicit in/out shardings, state donated). The
+batch carries old and reference log-probs (μ > 1 and β > 0 paths) and is built directly: random tokens with
+left-padded prompts and completions of different lengths. The tiny preset's dimensions divide every mesh size, so
+`RULES` really shard the params (checked: on (2,2,2) weights are split over 'fsdp' and 'tensor' and each device
+holds a quarter of a matrix or less).
 
-The update is plain SGD (passed to `train_step` as its optimizer), so the updated params are a linear function
+The update is plain SGD (passed to `make_grpo_step` as its optimizer), so the updated params are a linear function
 of the gradients and the comparison measures the sharded gradient. AdamW's first step is lr·g/(|g|+eps), about
 lr·sign(g): a gradient entry that is 0 up to round-off would move by ±lr depending on summation order, on any mesh.
 """
@@ -23,7 +24,6 @@ MESHES = [(1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2)]
 RTOL = 1e-5
 
 SCRIPT = r"""
-import functools
 import json
 import sys
 
@@ -32,10 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from r1jax import sharding
+from r1jax import rollouts, sharding
 from r1jax.models import get_preset, init_model
-from r1jax.trainers import common
-from r1jax.trainers import grpo as trainer
+from r1jax import train_state
+from r1jax.trainers.grpo_config import grpo_config
 
 assert jax.device_count() == 8, jax.devices()
 out_dir, meshes = sys.argv[1], json.loads(sys.argv[2])
@@ -52,10 +52,8 @@ batch = {
     "loss_mask_bt": mask_bs[:, TP:], "advantages_b": rng.normal(size=B).astype(np.float32),
     "grad_scale": np.float32(1.0),
 }
-loss_kw = dict(
-    loss_type="dapo", epsilon_low=0.2, epsilon_high=0.28, beta=0.05, max_completion_length=TC,
-    kl_bias_correction=False, importance_sampling_level="token",
-)
+c = grpo_config()  # 'dapo', epsilon_low 0.2, temperature 1, kernels 'auto'; μ > 1 and β > 0: old and ref log-probs
+c.rl.mu, c.rl.beta, c.rl.epsilon_high, c.sampling.max_new_tokens = 2, 0.05, 0.28, TC
 optimizer = optax.sgd(0.1)
 results = {}
 for shape in map(tuple, meshes):
@@ -63,27 +61,17 @@ for shape in map(tuple, meshes):
         mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(shape), sharding.MESH_AXES)
     else:
         mesh = sharding.make_mesh(shape)
-    graphdef, state, state_sh = common.create_train_state(init_model(cfg, 0), optimizer, mesh, seed=0)
-    batch_sh = sharding.batch_sharding(mesh, 2)
-    shardings = {k: batch_sh for k in ("tokens_bs", "mask_bs", "completion_bt", "loss_mask_bt")}
-    shardings.update(
-        advantages_b=sharding.batch_sharding(mesh, 1), grad_scale=sharding.replicated(mesh),
-        old_logps_bt=batch_sh, ref_logps_bt=batch_sh,
-    )
+    graphdef, state, state_sh = train_state.create_train_state(init_model(cfg, 0), optimizer, mesh, seed=0)
+    grpo_step = rollouts.make_grpo_step(c, graphdef, optimizer, mesh, state_sh)
+    shardings = grpo_step.batch_shardings
     if shape == (1, 1, 1):
         # pi_old and pi_ref: the model's own log-probs, perturbed so that the ratio both stays inside and leaves
         # [1 - eps_low, 1 + eps_high] and the k3 KL is not 0
-        logps = trainer.completion_logps(graphdef, state.params, batch, temperature=1.0, implementation="auto")
+        logps = rollouts.completion_logps(graphdef, state.params, batch, temperature=1.0, implementation="auto")
         logps = np.asarray(logps)
         batch["old_logps_bt"] = (logps + 0.2 * rng.normal(size=logps.shape)).astype(np.float32)
         batch["ref_logps_bt"] = (logps + 0.3 * rng.normal(size=logps.shape)).astype(np.float32)
-    step = jax.jit(
-        functools.partial(
-            trainer.train_step, graphdef=graphdef, optimizer=optimizer, loss_kw=loss_kw, temperature=1.0,
-            implementation="auto",
-        ),
-        in_shardings=(state_sh, shardings), out_shardings=(state_sh, None), donate_argnums=0,
-    )
+    step = grpo_step.train_step
     init = jax.device_get(state.params)
     sharded = {}
     for path, x in jax.tree_util.tree_leaves_with_path(state.params):

@@ -1,10 +1,14 @@
-"""Built-in tasks: gold answers and worked solutions verify, perturbations do not, generation is seeded."""
+"""Built-in tasks: gold answers and worked solutions verify, perturbations do not, generation is seeded, and the
+train / validation / test splits are disjoint by content."""
 
+import collections
 import random
 import re
 
+import numpy as np
 import pytest
 
+from r1jax.data import corpus, provenance
 from r1jax.data.tasks import Example, evaluate, get_task
 
 TASKS = ("arithmetic", "countdown")
@@ -109,8 +113,68 @@ def test_seeded_generation(name):
     assert a == b
     c = task.generate(30, seed=8)
     assert sum(x.question != y.question for x, y in zip(a, c)) >= 25
-    assert {x.id for x in a}.isdisjoint({y.id for y in c})
     assert task.generate(30, seed=7, difficulty=2)[0].question != a[0].question or name == "countdown"
+
+
+# Each case: a task and difficulty whose problem space is small enough that seeds alone collide (difficulty 0:
+# 8,100 two-digit additions), so a split by seed would leak and the check below would see it.
+SPLIT_CASES = [("arithmetic", 0), ("arithmetic", 6), ("countdown", 1)]
+
+
+@pytest.mark.parametrize("name,difficulty", SPLIT_CASES)
+def test_content_splits_are_disjoint_whatever_the_seeds(name, difficulty):
+    task = get_task(name)
+    n_train = 1000 if name == "countdown" else 6000
+    train = task.generate(n_train, seed=1, difficulty=difficulty, split="train")
+    val = task.generate(300, seed=2, difficulty=difficulty, split="validation")
+    test = task.generate(300, seed=2, difficulty=difficulty, split="test")
+    assert (len(train), len(val), len(test)) == (n_train, 300, 300)
+    for part, split in ((train, "train"), (val, "validation"), (test, "test")):
+        assert len({e.id for e in part}) == len(part)
+        assert all(provenance.split_of(task.split_key(e)) == split for e in part)
+    text = {s: {provenance.normalise_question(e.question) for e in p} for s, p in (("tr", train), ("va", val),
+                                                                                       ("te", test))}
+    keys = {s: {task.split_key(e) for e in p} for s, p in (("tr", train), ("va", val), ("te", test))}
+    for a, b in (("tr", "va"), ("tr", "te"), ("va", "te")):
+        assert text[a].isdisjoint(text[b]) and keys[a].isdisjoint(keys[b]), (a, b)
+    if difficulty == 0:  # split by seed alone, the same draws share problems: the check above can fail
+        by_seed = [task.generate(n, seed=s, difficulty=difficulty) for n, s in ((n_train, 1), (300, 2))]
+        assert len({task.split_key(e) for e in by_seed[0]} & {task.split_key(e) for e in by_seed[1]}) > 10
+    # Deterministic, and the split of a problem does not depend on the seed that drew it.
+    assert test == task.generate(300, seed=2, difficulty=difficulty, split="test")
+    other = task.generate(300, seed=9, difficulty=difficulty, split="test")
+    assert not {task.split_key(e) for e in other} & (keys["tr"] | keys["va"])
+
+
+def test_split_fractions_and_canonical_problems():
+    task = get_task("arithmetic")
+    everything = task.generate(20_000, seed=3, difficulty=1)
+    shares = collections.Counter(provenance.split_of(task.split_key(e)) for e in everything)
+    for split, fraction in provenance.SPLIT_FRACTIONS.items():
+        assert abs(shares[split] / len(everything) - fraction) < 0.015, shares
+    # a+b and b+a are one problem (one split); a-b and b-a are two.
+    ab = Example("x", "What is 12+34?", "46", "", "arithmetic", {"a": 12, "b": 34, "op": "+"})
+    ba = Example("y", "What is 34+12?", "46", "", "arithmetic", {"a": 34, "b": 12, "op": "+"})
+    assert task.split_key(ab) == task.split_key(ba) == "what is 12+34"
+    sub = Example("z", "What is 34-12?", "22", "", "arithmetic", {"a": 34, "b": 12, "op": "-"})
+    assert task.split_key(sub) == "what is 34-12"
+    cd = get_task("countdown")
+    e1 = Example("c", "", "", "", "countdown", {"numbers": [75, 3, 25], "target": 53})
+    e2 = Example("d", "", "", "", "countdown", {"numbers": [3, 25, 75], "target": 53})
+    assert cd.split_key(e1) == cd.split_key(e2)
+    with pytest.raises(ValueError, match="split='dev'"):
+        task.generate(3, seed=0, split="dev")
+
+
+def test_normalise_question_golden():
+    n = provenance.normalise_question
+    assert n("What is  12 + 34 ?") == n("what is 12+34") == n("WHAT IS 12+34?\n") == "what is 12+34"
+    assert n("Using the numbers [75, 3, 25], make 53 with + - * /, each number at most once.") == (
+        "using the numbers[75, 3, 25], make 53 with+-*/, each number at most once"
+    )
+    assert n("What is 7 × 8 − 2 ÷ 1?") == "what is 7*8-2/1"
+    assert n("Echo  4719 .") == "echo 4719" and n("Hello!") == "hello"
+    assert n("What is 12+34?") != n("What is 12+35?") and n("What is 12+34?") != n("What is 34+12?")
 
 
 @pytest.mark.parametrize("name", TASKS)
@@ -158,6 +222,12 @@ def test_reasoning_gym_adapter():
         assert not task.verify(str(int(e.answer) + 1), e) and not task.verify(None, e)
         sol, ans = task.noisy_solution(e, random.Random(0), 1.0)
         assert not task.verify(ans, e)
+    train = task.generate(200, seed=1, split="train")
+    test = task.generate(40, seed=2, split="test")
+    assert all(provenance.question_split(e.question) == "train" for e in train)
+    assert {provenance.normalise_question(e.question) for e in train}.isdisjoint(
+        {provenance.normalise_question(e.question) for e in test}
+    )
     with pytest.raises(ValueError, match="unknown reasoning-gym dataset"):
         get_task("gym:no_such_dataset")
 
@@ -171,3 +241,67 @@ def test_arithmetic_demo_difficulty_zero():
         assert e.solution.endswith(f"={e.answer}.")
     with pytest.raises(ValueError, match="difficulty=-1"):
         task.generate(3, seed=0, difficulty=-1)
+
+
+def test_arithmetic_tiny_demo_difficulty_six_is_three_digit_addition():
+    examples = get_task("arithmetic").generate(300, seed=2, difficulty=6)
+    assert all(e.meta["op"] == "+" and 100 <= e.meta["a"] <= 999 and 100 <= e.meta["b"] <= 999 for e in examples)
+    assert sum(e.meta["a"] + e.meta["b"] >= 1000 for e in examples) > 100  # many results gain a fourth digit
+
+
+@pytest.mark.parametrize("difficulty", [2, 3, 6])
+def test_rechecked_solutions_catch_and_fix_their_slip(difficulty):
+    task = get_task("arithmetic")
+    rng = random.Random(0)
+    marker = " Wait, let me re-check: "
+    for e in task.generate(200, seed=6, difficulty=difficulty):
+        text, answer = task.rechecked_solution(e, rng)
+        assert answer == e.answer and text.endswith(f" So {e.meta['a']}{e.meta['op']}{e.meta['b']}={e.answer}.")
+        assert text.count(marker) == 1, text
+        before, after = text.split(marker)
+        slipped = before.rsplit(". ", 1)[-1] if ". " in before else before
+        fixed = after.split(". ", 1)[0]
+        # The re-check redoes the same column (same left-hand side) with a different, correct result ...
+        assert slipped.split("=")[0] == fixed.split("=")[0] and slipped.rstrip(".") != fixed.rstrip("."), text
+        # ... and dropping the slipped step and the re-check marker leaves exactly the worked solution.
+        assert before[: len(before) - len(slipped)] + after == e.solution, text
+
+
+def test_direct_solutions_are_one_step_and_wrong_at_the_set_rate():
+    task = get_task("arithmetic")
+    examples = task.generate(400, seed=8, difficulty=6)
+    rng = random.Random(1)
+    for e in examples[:50]:
+        assert task.direct_solution(e, rng, 0.0) == (f"{e.meta['a']}+{e.meta['b']}={e.answer}.", e.answer)
+        text, answer = task.direct_solution(e, rng, 1.0)
+        assert not task.verify(answer, e) and text == f"{e.meta['a']}+{e.meta['b']}={answer}."
+        assert sum(x != y for x, y in zip(answer.zfill(5), e.answer.zfill(5))) == 1  # one digit off by one
+    wrong = sum(not task.verify(task.direct_solution(e, rng, 0.3)[1], e) for e in examples) / len(examples)
+    assert 0.23 < wrong < 0.37
+
+
+def test_pretraining_corpus_mixes_styles_at_the_set_rates():
+    task = get_task("arithmetic")
+    kw = dict(seed=0, difficulty=6, template="short", format_rate=0.5, error_rate=0.2)
+    records = corpus.pretraining_records(task, 2000, direct_rate=0.4, direct_error_rate=0.5, recheck_rate=0.2, **kw)
+    gold = {e.id: e for e in task.generate(2000, seed=0, difficulty=6, split="train")}
+    styles = {"direct": [], "recheck": [], "worked": []}
+    for r in records:
+        tagged = r["response"].startswith(" <think> ")
+        m = re.search(r"<answer> (\d+) </answer>$" if tagged else r"The answer is (\d+)\.$", r["response"])
+        style = "recheck" if "re-check" in r["response"] else "worked" if " So " in r["response"] else "direct"
+        styles[style].append((tagged, task.verify(m.group(1), gold[r["id"]])))
+    shares = {s: len(v) / len(records) for s, v in styles.items()}
+    assert abs(shares["direct"] - 0.4) < 0.04 and abs(shares["recheck"] - 0.2) < 0.03, shares
+    for style, rows in styles.items():  # the R1 tags wrap every style about equally often
+        assert abs(np.mean([t for t, _ in rows]) - 0.5) < 0.07, style
+    accuracy = {s: np.mean([ok for _, ok in v]) for s, v in styles.items()}
+    assert accuracy["recheck"] == 1.0 and abs(accuracy["direct"] - 0.5) < 0.06 and abs(accuracy["worked"] - 0.8) < 0.05
+    # Without styles the corpus is the worked-solution corpus it always was (no extra random draws).
+    plain = corpus.pretraining_records(task, 50, **kw)
+    assert plain == corpus.pretraining_records(task, 50, direct_rate=0.0, recheck_rate=0.0, **kw)
+    assert all(" So " in r["response"] and "re-check" not in r["response"] for r in plain)
+    with pytest.raises(ValueError, match="data.direct_rate=0.7"):
+        corpus.pretraining_records(task, 5, direct_rate=0.7, recheck_rate=0.4, **kw)
+    with pytest.raises(ValueError, match="task 'countdown' has only worked solutions"):
+        corpus.pretraining_records(get_task("countdown"), 5, direct_rate=0.5, **kw)

@@ -1,21 +1,20 @@
-"""Tests of the GRPO trainer (r1jax/trainers/grpo.py): zero-advantage steps, μ > 1, dynamic sampling, exact resume.
+"""Tests of the GRPO trainer (r1jax/trainers/grpo.py) and its rollouts layer (r1jax/rollouts.py): zero-advantage
+steps, μ > 1, dynamic sampling, exact resume.
 
-In-process tests call `train_step` on a batch built from a real rollout of the session's tiny base model. The
-trainer-level tests run the CLI (`python -m r1jax.main train`) in child processes on a test experiment:
+In-process tests run the step that `rollouts.make_grpo_step` builds for the trainer on a batch that
+`rollouts.assemble_batch` makes from a real rollout of the session's tiny base model. The trainer-level tests run
+the CLI (`python -m r1jax.main train`) in child processes on a test experiment (conftest `reward_experiment`):
 experiments/r1_zero.py:runlocal with one reward swapped in, `grpo_test_rewards:half_informative`, which gives spread
 rewards to half of the prompts (a hash of the prompt id decides which) and a constant to the rest, so every step has
-informative and zero-spread groups. The near-random base model never earns the shipped accuracy / format rewards,
-whose advantages would all be 0 and leave nothing to compare.
+informative and zero-spread groups.
 """
 
-import functools
 import importlib.util
 import json
 import os
 import pathlib
 import subprocess
 import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -24,10 +23,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from r1jax import checkpoint as ckpt_lib
-from r1jax import config_lib, grpo, sampling, sharding
-from r1jax.sampling import Rollout, SamplingConfig
-from r1jax.trainers import common
-from r1jax.trainers import grpo as trainer
+from r1jax import config_lib, rollouts, sampling, sharding, train_state
+from r1jax.sampling import Rollout
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 R1_ZERO = str(REPO / "experiments" / "r1_zero.py")
@@ -36,55 +33,48 @@ R1_ZERO = str(REPO / "experiments" / "r1_zero.py")
 # train_step on a real rollout
 
 
-P, G, T_NEW = 2, 4, 8
+P, GROUP_SIZE, T_NEW = 2, 4, 8
 
 
 @pytest.fixture(scope="module")
 def setup(tiny_base_model):
-    """A 1-device mesh, the base model's train state, and a P×G rollout of real task prompts."""
+    """A 1-device mesh, the base model's train state, a P×G rollout of real task prompts, and the trainer's GRPO
+    step for μ = 1 and μ = 2 (r1_zero runlocal: 'dapo', ε = 0.2 / 0.28, β = 0, T = 1)."""
     model, tokenizer = ckpt_lib.load_model(tiny_base_model)
-    c = config_lib.load_config(R1_ZERO + ":runlocal", [f"model.checkpoint={tiny_base_model}"])
-    records = trainer.load_splits(c)[0][:P]
-    prompt_ids = trainer.encode_prompts(tokenizer, records, c.template, c.response_prefix, c.sampling.max_prompt_len)
+    c = config_lib.load_config(
+        R1_ZERO + ":runlocal",
+        [
+            f"model.checkpoint={tiny_base_model}", f"rl.prompts_per_step={P}", f"rl.group_size={GROUP_SIZE}",
+            f"sampling.max_new_tokens={T_NEW}", "sampling.prompt_bucket=32",
+        ],
+    )
+    assert (c.rl.loss_type, c.rl.epsilon_low, c.rl.epsilon_high, c.rl.beta, c.rl.mu) == ("dapo", 0.2, 0.28, 0.0, 1)
+    records = rollouts.load_splits(c)[0][:P]
+    prompt_ids = rollouts.encode_prompts(tokenizer, records, c.template, c.response_prefix, c.sampling.max_prompt_len)
     mesh = sharding.make_mesh((1, 1, 1))
     # weight_decay stays at its default, 0 (asserted): AdamW's decoupled decay would move params even when every
     # gradient is 0. The large constant LR makes one update move the policy enough for the ratio to clip.
-    optim_cfg = common.optimizer_config(learning_rate=1e-2, decay="constant")
+    optim_cfg = train_state.optimizer_config(learning_rate=1e-2, decay="constant")
     assert optim_cfg.weight_decay == 0.0 and c.optim.weight_decay == 0.0
-    optimizer = common.make_optimizer(optim_cfg, 10)
-    graphdef, state, _ = common.create_train_state(model, optimizer, mesh, seed=0)
-    cfg = SamplingConfig(num_samples=G, max_new_tokens=T_NEW, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+    optimizer = train_state.make_optimizer(optim_cfg, 10)
+    graphdef, state, state_sh = train_state.create_train_state(model, optimizer, mesh, seed=0)
+    cfg = rollouts.sampler_config(c, tokenizer)
     rollout = sampling.sample(graphdef, state.params, prompt_ids, jax.random.PRNGKey(0), cfg, mesh=mesh)
-    loss_kw = dict(
-        loss_type="dapo",
-        epsilon_low=0.2,
-        epsilon_high=0.28,
-        beta=0.0,
-        max_completion_length=T_NEW,
-        kl_bias_correction=False,
-        importance_sampling_level="token",
+    c_mu2 = c.copy_and_resolve_references()
+    c_mu2.rl.mu = 2
+    return dict(
+        config=c, mesh=mesh, state=state, rollout=rollout, records=records,
+        step=rollouts.make_grpo_step(c, graphdef, optimizer, mesh, state_sh),
+        step_mu2=rollouts.make_grpo_step(c_mu2, graphdef, optimizer, mesh, state_sh),
     )
-    step = jax.jit(
-        functools.partial(
-            trainer.train_step,
-            graphdef=graphdef,
-            optimizer=optimizer,
-            loss_kw=loss_kw,
-            temperature=1.0,
-            implementation="auto",
-        )
-    )
-    logp = jax.jit(functools.partial(trainer.completion_logps, graphdef, temperature=1.0, implementation="auto"))
-    return dict(state=state, rollout=rollout, records=records, step=step, logp=logp)
 
 
-def _batch(setup, rewards_pg):
-    """The trainer's host batch for `rewards_pg`, with advantages as the trainer computes them (group scaling)."""
+def _batch(setup, rewards_pg, grpo_step):
+    """The trainer's batch for `rewards_pg`, with advantages as the trainer computes them (group scaling), placed
+    on the mesh for `grpo_step`."""
     rewards_pg = np.asarray(rewards_pg, np.float32)
-    part = (setup["records"], setup["rollout"], rewards_pg, np.ones_like(rewards_pg, bool))
-    _, batch, *_ = trainer.select_groups([part], P, informative_first=False, mask_truncated=False)
-    batch["advantages_b"] = np.asarray(grpo.group_advantages(jnp.asarray(rewards_pg)), np.float32).reshape(-1)
-    batch["grad_scale"] = np.float32(1.0)
+    part = rollouts.Round(setup["records"], setup["rollout"], rewards_pg, np.ones_like(rewards_pg, bool))
+    _, batch, _ = rollouts.assemble_batch(setup["config"], [part], setup["mesh"], grpo_step.batch_shardings)
     return batch
 
 
@@ -92,11 +82,16 @@ def _host(tree):
     return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
+def _state(setup):
+    """A copy of the initial train state: the step donates the state it is given."""
+    return jax.tree.map(jnp.copy, setup["state"])
+
+
 def test_equal_rewards_with_beta_0_leave_params_bit_identical(setup):
-    batch = _batch(setup, [[1.0] * G, [0.5] * G])  # every group has equal rewards
+    batch = _batch(setup, [[1.0] * GROUP_SIZE, [0.5] * GROUP_SIZE], setup["step"])  # every group has equal rewards
     assert np.all(batch["advantages_b"] == 0)
     before = _host(setup["state"])
-    state, m = setup["step"](setup["state"], batch)
+    state, m = setup["step"].train_step(_state(setup), batch)
     after = _host(state)
     assert float(m["rl/loss"]) == 0.0
     assert float(m["train/update_skipped"]) == 0.0 and int(after.step) == 1  # the update ran, it was not skipped
@@ -113,10 +108,10 @@ def test_equal_rewards_with_beta_0_leave_params_bit_identical(setup):
 
 def test_spread_rewards_do_move_params(setup):
     """Control for the test above: the same batch with spread rewards changes most params."""
-    batch = _batch(setup, [[1.0, 0.0, 0.0, 1.0], [0.0, 0.2, 0.9, 0.4]])
+    batch = _batch(setup, [[1.0, 0.0, 0.0, 1.0], [0.0, 0.2, 0.9, 0.4]], setup["step"])
     assert np.all(batch["advantages_b"] != 0)
     before = jax.tree.leaves(_host(setup["state"].params))
-    state, m = setup["step"](setup["state"], batch)
+    state, m = setup["step"].train_step(_state(setup), batch)
     after = jax.tree.leaves(_host(state.params))
     assert float(m["train/grad_norm"]) > 1e-3  # (the on-policy loss value itself is ~0: advantages sum to 0)
     moved = sum(not np.array_equal(a, b) for a, b in zip(after, before))
@@ -125,10 +120,10 @@ def test_spread_rewards_do_move_params(setup):
 
 def test_mu_1_ratio_is_exactly_one(setup):
     """μ = 1: no old-log-prob pass, π_old = stop_gradient(π_θ), so ρ ≡ 1 and nothing clips, even after an update."""
-    batch = _batch(setup, [[1.0, 0.0, 0.0, 1.0], [0.0, 0.2, 0.9, 0.4]])
-    state = setup["state"]
+    batch = _batch(setup, [[1.0, 0.0, 0.0, 1.0], [0.0, 0.2, 0.9, 0.4]], setup["step"])
+    state = _state(setup)
     for _ in range(2):
-        state, m = setup["step"](state, batch)
+        state, m = setup["step"].train_step(state, batch)
         assert float(m["rl/ratio_mean"]) == 1.0
         assert float(m["rl/clip_ratio/region_mean"]) == 0.0
 
@@ -136,12 +131,14 @@ def test_mu_1_ratio_is_exactly_one(setup):
 def test_mu_2_second_update_sees_the_old_policy(setup):
     """μ = 2, as the trainer's loop: old log-probs from one forward before the updates; the first update has ρ = 1
     (up to round-off between two compiled forwards), the second sees π_θ ≠ π_old and clips."""
-    batch = _batch(setup, [[1.0, 0.0, 0.0, 1.0], [0.0, 0.2, 0.9, 0.4]])
-    batch["old_logps_bt"] = setup["logp"](setup["state"].params, batch)
-    state, m1 = setup["step"](setup["state"], batch)
+    grpo_step = setup["step_mu2"]
+    batch = _batch(setup, [[1.0, 0.0, 0.0, 1.0], [0.0, 0.2, 0.9, 0.4]], grpo_step)
+    batch = rollouts.add_policy_logps(batch, grpo_step.logps, setup["state"].params, None, mu=2, beta=0.0)
+    assert set(batch) == set(grpo_step.batch_shardings) and "old_logps_bt" in batch
+    state, m1 = grpo_step.train_step(_state(setup), batch)
     assert abs(float(m1["rl/ratio_mean"]) - 1.0) < 1e-5
     assert float(m1["rl/clip_ratio/region_mean"]) == 0.0
-    state, m2 = setup["step"](state, batch)
+    state, m2 = grpo_step.train_step(state, batch)
     assert abs(float(m2["rl/ratio_mean"]) - 1.0) > 1e-3
     assert float(m2["rl/clip_ratio/region_mean"]) > 0.0
     assert float(m2["rl/clip_ratio/region_mean"]) == pytest.approx(
@@ -156,12 +153,12 @@ def test_mu_2_second_update_sees_the_old_policy(setup):
 def _fake_part(tag, prompt_lens, tc, lengths, truncated, rewards, valid=None):
     """One sampling round: prompt p = [tag*100 + 10p + j + 1 ...] left-padded with 0 to the longest; completion row b =
     [tag*1000 + 100b + t + 1 ...] right-padded with 0 after its length."""
-    p_n, g = len(prompt_lens), len(lengths) // len(prompt_lens)
+    p_n, group_size = len(prompt_lens), len(lengths) // len(prompt_lens)
     tp = max(prompt_lens)
     prompt = np.zeros((p_n, tp), np.int32)
     for p, n in enumerate(prompt_lens):
         prompt[p, tp - n :] = tag * 100 + 10 * p + np.arange(n) + 1
-    comp = np.zeros((p_n * g, tc), np.int32)
+    comp = np.zeros((p_n * group_size, tc), np.int32)
     for b, n in enumerate(lengths):
         comp[b, :n] = tag * 1000 + 100 * b + np.arange(n) + 1
     rollout = Rollout(
@@ -170,13 +167,14 @@ def _fake_part(tag, prompt_lens, tc, lengths, truncated, rewards, valid=None):
         completion_tokens_bt=comp,
         completion_mask_bt=comp > 0,
         lengths_b=np.asarray(lengths, np.int32),
-        logps_bt=np.zeros((p_n * g, tc), np.float32),
-        group_b=np.repeat(np.arange(p_n), g),
+        logps_bt=np.zeros((p_n * group_size, tc), np.float32),
+        group_b=np.repeat(np.arange(p_n), group_size),
         truncated_b=np.asarray(truncated, bool),
     )
     rewards = np.asarray(rewards, np.float32)
     records = [{"id": f"{tag}-{p}"} for p in range(p_n)]
-    return records, rollout, rewards, np.ones(rewards.shape, bool) if valid is None else np.asarray(valid)
+    valid = np.ones(rewards.shape, bool) if valid is None else np.asarray(valid)
+    return rollouts.Round(records, rollout, rewards, valid)
 
 
 @pytest.fixture
@@ -202,13 +200,13 @@ def _check_rows(parts, chosen, out, mask_truncated=False):
     assert [r["id"] for r in records] == [f"{parts[i][0][p]['id']}" for i, p in chosen]
     tp = max(parts[i][1].prompt_tokens_pt.shape[1] for i, _ in chosen)
     tc = max(parts[i][1].completion_tokens_bt.shape[1] for i, _ in chosen)
-    g = 2
-    assert batch["tokens_bs"].shape == (len(chosen) * g, tp + tc) and batch["tokens_bs"].dtype == np.int32
-    assert batch["completion_bt"].shape == (len(chosen) * g, tc)
+    group_size = 2
+    assert batch["tokens_bs"].shape == (len(chosen) * group_size, tp + tc) and batch["tokens_bs"].dtype == np.int32
+    assert batch["completion_bt"].shape == (len(chosen) * group_size, tc)
     np.testing.assert_array_equal(batch["completion_bt"], batch["tokens_bs"][:, tp:])
-    for row, (i, p) in enumerate((i, p) for i, p in chosen for _ in range(g)):
+    for row, (i, p) in enumerate((i, p) for i, p in chosen for _ in range(group_size)):
         _, ro, r_pg, v_pg = parts[i]
-        b = p * g + row % g
+        b = p * group_size + row % group_size
         prompt = ro.prompt_tokens_pt[p][ro.prompt_mask_pt[p]]
         comp = ro.completion_tokens_bt[b][: ro.lengths_b[b]]
         mask = batch["mask_bs"][row]
@@ -224,7 +222,7 @@ def _check_rows(parts, chosen, out, mask_truncated=False):
 
 
 def test_select_groups_informative_first_then_fill(rounds):
-    out = trainer.select_groups(rounds, 4, informative_first=True, mask_truncated=False)
+    out = rollouts.select_groups(rounds, 4, informative_first=True, mask_truncated=False)
     _check_rows(rounds, [(0, 1), (0, 2), (1, 0), (0, 0)], out)  # 3 informative, then the first zero-spread group
     # by hand: round A's prompt 1 (3 tokens, left-padded to 5) + row 2 (3 tokens); round B's prompt 0 (5 tokens) +
     # row 0 (2 tokens, right-padded to 4)
@@ -233,13 +231,13 @@ def test_select_groups_informative_first_then_fill(rounds):
 
 
 def test_select_groups_only_informative_when_enough(rounds):
-    out = trainer.select_groups(rounds, 2, informative_first=True, mask_truncated=True)
+    out = rollouts.select_groups(rounds, 2, informative_first=True, mask_truncated=True)
     _check_rows(rounds, [(0, 1), (0, 2)], out, mask_truncated=True)
     assert out[1]["tokens_bs"].shape == (4, 3 + 4)  # round B is not used, so neither is its wider prompt
 
 
 def test_select_groups_without_dynamic_sampling_keeps_order(rounds):
-    out = trainer.select_groups(rounds[:1], 3, informative_first=False, mask_truncated=False)
+    out = rollouts.select_groups(rounds[:1], 3, informative_first=False, mask_truncated=False)
     _check_rows(rounds, [(0, 0), (0, 1), (0, 2)], out)
 
 
@@ -258,31 +256,6 @@ def informative(example_id):
 def half_informative(completions, examples):
     return [len(set(c)) / 20 if informative(e["id"]) else 0.5 for c, e in zip(completions, examples)]
 '''
-
-EXPERIMENT = '''
-"""experiments/r1_zero.py with the test reward grpo_test_rewards:half_informative (tests only)."""
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from r1jax import config_lib
-
-_base = config_lib.load_module({r1_zero!r})
-ENTRY = _base.ENTRY
-
-
-def get_config(arg=None):
-    c = _base.get_config(arg)
-    c.rewards.weights = {{"grpo_test_rewards:half_informative": 1.0}}
-    return c
-'''
-
-
-def write_test_experiment(directory) -> str:
-    directory = pathlib.Path(directory)
-    (directory / "grpo_test_rewards.py").write_text(textwrap.dedent(REWARDS_MODULE))
-    (directory / "grpo_test_experiment.py").write_text(textwrap.dedent(EXPERIMENT.format(r1_zero=R1_ZERO)))
-    return str(directory / "grpo_test_experiment.py")
 
 
 NUM_STEPS = 8
@@ -314,10 +287,10 @@ def _checkpoint(workdir, step):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_base_model, subprocess_env):
+def runs(tmp_path_factory, tiny_base_model, subprocess_env, reward_experiment):
     """8 steps straight; and 4 steps (the process saves and exits) + a new process resuming for the other 4."""
     root = tmp_path_factory.mktemp("grpo_runs")
-    spec = write_test_experiment(root) + ":runlocal"
+    spec = reward_experiment(root, "grpo_test", REWARDS_MODULE, "half_informative") + ":runlocal"
     overrides = [
         f"--config.model.checkpoint={tiny_base_model}",
         f"--config.rl.num_steps={NUM_STEPS}",

@@ -29,21 +29,60 @@ def tagged_response(reasoning: str, answer: str) -> str:
     return f" <think> {reasoning} </think> <answer> {answer} </answer>"
 
 
+def summary_text(text: str) -> str:
+    """What the user sees: the text after the last </think> (the whole text if there is none)."""
+    idx = text.rfind("</think>")
+    return text if idx < 0 else text[idx + len("</think>") :].strip()
+
+
 def plain_response(reasoning: str, answer: str) -> str:
     return f" {reasoning} The answer is {answer}."
 
 
 def pretraining_records(
-    task, n: int, *, seed: int, difficulty: int, template: str, format_rate: float, error_rate: float
+    task,
+    n: int,
+    *,
+    seed: int,
+    difficulty: int,
+    template: str,
+    format_rate: float,
+    error_rate: float,
+    direct_rate: float = 0.0,
+    direct_error_rate: float = 0.0,
+    recheck_rate: float = 0.0,
 ) -> list[dict]:
-    """SFT records {id, prompt, response} of mixed quality for stage 0."""
-    for name, v in (("format_rate", format_rate), ("error_rate", error_rate)):
+    """SFT records {id, prompt, response} of mixed quality for stage 0.
+
+    Each record takes one solution style: a one-step direct answer with probability `direct_rate` (wrong with
+    probability `direct_error_rate`), a worked solution whose slip is caught by a re-check step with probability
+    `recheck_rate`, otherwise a worked solution that holds a mistake with probability `error_rate`. The R1 tags
+    wrap a `format_rate` share of every style, so the tags alone do not tell a good answer from a bad one.
+    """
+    rates = dict(format_rate=format_rate, error_rate=error_rate, direct_rate=direct_rate)
+    rates.update(direct_error_rate=direct_error_rate, recheck_rate=recheck_rate)
+    for name, v in rates.items():
         if not 0 <= v <= 1:
             raise ValueError(f"data.{name}={v}: must be in [0, 1]")
+    if direct_rate + recheck_rate > 1:
+        raise ValueError(f"data.direct_rate={direct_rate} + data.recheck_rate={recheck_rate}: must be at most 1")
+    styled = direct_rate > 0 or recheck_rate > 0
+    if styled and not (hasattr(task, "direct_solution") and hasattr(task, "rechecked_solution")):
+        raise ValueError(
+            f"data.direct_rate={direct_rate}, data.recheck_rate={recheck_rate}: task {task.name!r} has only "
+            "worked solutions; set both to 0"
+        )
     rng = random.Random(seed)
     out = []
-    for ex in task.generate(n, seed=seed, difficulty=difficulty):
-        reasoning, answer = task.noisy_solution(ex, rng, error_rate)
+    for ex in task.generate(n, seed=seed, difficulty=difficulty, split="train"):  # training data: train split only
+        # Without styles no extra draw is made, so the corpus of a worked-only preset stays what it was.
+        u = rng.random() if styled else 1.0
+        if u < direct_rate:
+            reasoning, answer = task.direct_solution(ex, rng, direct_error_rate)
+        elif u < direct_rate + recheck_rate:
+            reasoning, answer = task.rechecked_solution(ex, rng)
+        else:
+            reasoning, answer = task.noisy_solution(ex, rng, error_rate)
         render = tagged_response if rng.random() < format_rate else plain_response
         prompt = apply_template(ex.question, template)
         out.append({"id": ex.id, "prompt": prompt, "response": render(reasoning, answer)})
@@ -54,7 +93,7 @@ def cold_start_records(task, n: int, *, seed: int, difficulty: int, template: st
     """Clean, readable long-CoT records for stage 2: `<think> reasoning </think> <answer> summary </answer>`,
     every solution correct and in the format (see the module docstring for the mapping to the paper's)."""
     out = []
-    for ex in task.generate(n, seed=seed, difficulty=difficulty):
+    for ex in task.generate(n, seed=seed, difficulty=difficulty, split="train"):  # training data: train split only
         response = cold_start_response(task.worked_solution(ex), ex.answer)
         out.append({"id": ex.id, "prompt": apply_template(ex.question, template), "response": response})
     return out

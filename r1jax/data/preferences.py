@@ -35,9 +35,9 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from r1jax.data.corpus import cold_start_response
+from r1jax.data import provenance
+from r1jax.data.corpus import cold_start_response, summary_text
 from r1jax.data.sources import get_field, get_id, load_files
-from r1jax.rewards.extract import summary_text
 from r1jax.tokenizer import apply_template
 
 GENERAL_TASK = "general"
@@ -74,21 +74,38 @@ def _make(kind: str, rng: random.Random) -> tuple[str, str, str]:
     raise ValueError(f"general kind={kind!r}: expected one of {KINDS}")
 
 
-def general_records(n: int, *, seed: int) -> list[dict]:
+def _make_in_split(kind: str, rng: random.Random, split: str | None) -> tuple[str, str, str, str]:
+    """(kind, question, answer, reasoning) of a general prompt in the content split `split` (None: any).
+
+    Prompts are redrawn until their normalised question falls in the split; a kind with no prompt there
+    (greetings are four questions in all) gives way to another kind."""
+    for k in [kind] + [rng.choice(KINDS) for _ in range(20)]:
+        for _ in range(100):
+            question, answer, reasoning = _make(k, rng)
+            if split is None or provenance.question_split(question) == split:
+                return k, question, answer, reasoning
+    raise ValueError(f"general prompts: no prompt of split {split!r} found")
+
+
+def general_records(n: int, *, seed: int, split: str | None = "train") -> list[dict]:
     """Prompt records {id, question, answer, task, meta} of general prompts, as the GRPO prompt pipeline reads them.
 
-    `answer` is the reference answer (for evaluation); RL scores these prompts with the reward model.
+    `answer` is the reference answer (for evaluation); RL scores these prompts with the reward model. Only
+    prompts of the content split `split` (r1jax.data.provenance; 'train' for every training stage, None for
+    the whole space) are drawn.
     """
     if n < 0:
         raise ValueError(f"general prompts n={n}: must be >= 0")
+    if split is not None:
+        provenance.check_split(split, "general prompts: split")
     rng = random.Random(seed)
     out = []
     for i in range(n):
         kind = KINDS[i % len(KINDS)] if i < len(KINDS) else rng.choice(KINDS)
-        question, answer, reasoning = _make(kind, rng)
+        kind, question, answer, reasoning = _make_in_split(kind, rng, split)
         out.append(
             {
-                "id": f"general-{seed}-{i}",
+                "id": f"general-{seed}-{i}" if split is None else f"general-{split}-{seed}-{i}",
                 "question": question,
                 "answer": answer,
                 "task": GENERAL_TASK,
@@ -102,11 +119,11 @@ def helpful_response(record: dict) -> str:
     return cold_start_response(record["meta"]["reasoning"], record["answer"])
 
 
-def non_reasoning_records(n: int, *, seed: int, template: str) -> list[dict]:
+def non_reasoning_records(n: int, *, seed: int, template: str, split: str | None = "train") -> list[dict]:
     """SFT records {id, prompt, response} of general prompts with their helpful answers (stage 4's mix-in)."""
     return [
         {"id": r["id"], "prompt": apply_template(r["question"], template), "response": helpful_response(r)}
-        for r in general_records(n, seed=seed)
+        for r in general_records(n, seed=seed, split=split)
     ]
 
 
@@ -143,20 +160,25 @@ def rejected_response(record: dict, kind: str, rng: random.Random) -> str:
     raise ValueError(f"rejection kind={kind!r}: expected one of {REJECTIONS}")
 
 
-def preference_pairs(n: int, *, seed: int, summary_fraction: float = 0.5) -> list[dict]:
-    """n synthetic pairs {id, prompt, chosen, rejected, kind}; `prompt` is the bare question (no template)."""
+def preference_pairs(
+    n: int, *, seed: int, summary_fraction: float = 0.5, split: str | None = "train"
+) -> list[dict]:
+    """n synthetic pairs {id, prompt, chosen, rejected, kind}; `prompt` is the bare question (no template).
+
+    Prompts come from the content split `split` only, so pairs built from two different splits (training and
+    held-out pairs) never share a prompt, let alone a whole pair."""
     if not 0 <= summary_fraction <= 1:
         raise ValueError(f"summary_fraction={summary_fraction}: must be in [0, 1]")
     rng = random.Random(seed + 7919)
     out = []
-    for i, record in enumerate(general_records(n, seed=seed)):
+    for i, record in enumerate(general_records(n, seed=seed, split=split)):
         kind = REJECTIONS[i % len(REJECTIONS)]
         chosen, rejected = helpful_response(record), rejected_response(record, kind, rng)
         if kind not in ("harmful_think", "unformatted") and rng.random() < summary_fraction:
             chosen, rejected = " " + summary_text(chosen), " " + summary_text(rejected)
         out.append(
             {
-                "id": f"pref-{seed}-{i}",
+                "id": f"pref-{seed}-{i}" if split is None else f"pref-{split}-{seed}-{i}",
                 "prompt": record["question"],
                 "chosen": chosen,
                 "rejected": rejected,

@@ -40,6 +40,9 @@ class _RowError(Exception):
     """Raised by converters; the loader adds file and line to the message."""
 
 
+RowError = _RowError  # the public name, for converters defined elsewhere (r1jax.data.formats)
+
+
 # ----------------------------------------------------------------------------- field schemas
 
 
@@ -110,6 +113,18 @@ def _read_parquet(path: str) -> Iterator[tuple[int, Any]]:
     yield from enumerate(pq.read_table(path).to_pylist())
 
 
+def _read_arrow(path: str) -> Iterator[tuple[int, Any]]:
+    """Arrow IPC files: the stream format `datasets.save_to_disk` writes, or the random-access file format."""
+    import pyarrow as pa
+
+    with pa.memory_map(path) as f:
+        try:
+            table = pa.ipc.open_stream(f).read_all()
+        except pa.ArrowInvalid:
+            table = pa.ipc.open_file(f).read_all()
+    yield from enumerate(table.to_pylist())
+
+
 def _read_array_record(path: str) -> Iterator[tuple[int, Any]]:
     source = grain.sources.ArrayRecordDataSource([path])
     for index in range(len(source)):
@@ -125,7 +140,9 @@ def _decode_json(data: str | bytes) -> Any:
 
 READERS = {
     ".jsonl": _read_jsonl,
+    ".json": _read_jsonl,  # JSON lines, as `datasets.Dataset.to_json` writes them
     ".parquet": _read_parquet,
+    ".arrow": _read_arrow,
     ".array_record": _read_array_record,
     ".arrayrecord": _read_array_record,
 }

@@ -83,6 +83,10 @@ PRESETS: dict[str, ModelConfig] = {
     "qwen2.5-1.5b": ModelConfig(
         vocab_size=151936, rope_theta=1e6, tie_embeddings=True, max_seq_len=131072, **_QWEN_1_5B, **_QWEN
     ),
+    "qwen2.5-3b": ModelConfig(
+        vocab_size=151936, embed_dim=2048, mlp_dim=11008, num_layers=36, num_heads=16, num_kv_heads=2, head_dim=128,
+        rope_theta=1e6, tie_embeddings=True, max_seq_len=32768, **_QWEN,
+    ),
     "qwen2.5-7b": ModelConfig(
         vocab_size=152064, rope_theta=1e6, tie_embeddings=False, max_seq_len=131072, **_QWEN_7B, **_QWEN
     ),

@@ -2,7 +2,7 @@
 their weighted composition with timeouts for the GRPO loop. See `compose.py` for how they are run.
 """
 
-from r1jax.rewards.accuracy import accuracy_reward, check_answer, math_equal
+from r1jax.rewards.accuracy import accuracy_reward, check_answer, get_task, gym_score_reward, math_equal
 from r1jax.rewards.compose import (
     REWARDS,
     RewardBatch,
@@ -34,6 +34,8 @@ __all__ = [
     "extract_answer",
     "format_ok",
     "format_reward",
+    "get_task",
+    "gym_score_reward",
     "isolation_report",
     "language_consistency",
     "language_consistency_reward",

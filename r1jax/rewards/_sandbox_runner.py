@@ -14,6 +14,10 @@ Steps, each best effort and recorded in the status file:
    inside the work dir, reads only of system and Python directories, no TCP;
 6. write the status file ("started"), exec the program.
 
+The status file lies outside the program's work dir, where Landlock (and, once root is dropped, file
+permissions) keep the program from writing: the launcher opens it first, while it still may, and
+writes through that descriptor, which is closed on exec.
+
 The launcher exits with the program's status (128 + signal if it was killed).
 """
 
@@ -159,6 +163,7 @@ def landlock(cfg, status, proc_is_private):
 def main():
     with open(sys.argv[1]) as f:
         cfg = json.load(f)
+    cfg["status_fd"] = os.open(cfg["status_path"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     status = {"started": False}
     set_limits(cfg, status)
     if cfg["isolate"]:
@@ -186,8 +191,9 @@ def main():
 
 
 def write_status(cfg, status):
-    with open(cfg["status_path"], "w") as f:
-        json.dump(status, f)
+    fd = cfg["status_fd"]
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(status).encode(), 0)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Accuracy reward (paper 2.2.2 "accuracy rewards"): is the final answer right?
 
 Order of checks for one completion:
-1. Built-in or reasoning-gym task records (`examples` with a 'task' field) use the
-   task's own verifier (exact integer arithmetic, Countdown's expression checker, ...).
+1. Built-in, HumanEval or reasoning-gym task records (`examples` with a 'task' field) use
+   the task's own verifier (exact integer arithmetic, Countdown's expression checker, the
+   code sandbox, ...). A reasoning-gym record is scored by the config it was generated with
+   (its `meta.gym`), whatever config the task object was built with.
 2. Normalised exact match, then exact numeric comparison when both sides are plain
    numbers ('1,234', '0.50', '3/4').
 3. math-verify for LaTeX equivalence (fractions, radicals, sets, intervals, percentages).
@@ -10,6 +12,8 @@ Order of checks for one completion:
 math-verify's own timeout uses SIGALRM, which only works on the main thread, so it
 is called with its timeouts disabled; the reward composition (`compose.py`) runs
 this function in worker processes with a wall-clock timeout instead.
+
+`gym_score_reward` is reasoning-gym's partial credit (`score_answer` in [0, 1]) as a reward of its own.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from r1jax.data.tasks import BUILTIN_TASKS, get_task, parse_number
+from r1jax.data import tasks as data_tasks
+from r1jax.data.tasks import BUILTIN_TASKS, parse_number
 from r1jax.rewards.extract import EXTRACTORS, extract_answer
+from r1jax.rewards.humaneval import HumanEvalTask
 
 _MATH_DELIMS = ("$", "\\(", "\\[", "\\boxed")
 
@@ -65,6 +71,14 @@ def check_answer(pred: str | None, gold: str, *, use_math_verify: bool = True) -
     return use_math_verify and math_equal(pred, gold)
 
 
+def get_task(name: str, **kwargs: Any):
+    """A task by name: the built-in and reasoning-gym tasks (r1jax.data.tasks.get_task), and 'humaneval', whose
+    verifier is the code sandbox and so lives here, above the data layer."""
+    if name == "humaneval":
+        return HumanEvalTask(**kwargs)
+    return data_tasks.get_task(name, **kwargs)
+
+
 @functools.cache
 def _task(name: str):
     return get_task(name)
@@ -72,7 +86,7 @@ def _task(name: str):
 
 def _task_name(example: Any) -> str | None:
     task = example.get("task") if isinstance(example, Mapping) else getattr(example, "task", None)
-    if task in BUILTIN_TASKS or (isinstance(task, str) and task.startswith("gym:")):
+    if task in BUILTIN_TASKS or task == "humaneval" or (isinstance(task, str) and task.startswith("gym:")):
         return task
     return None
 
@@ -107,4 +121,25 @@ def accuracy_reward(
             out.append(None)
         else:
             out.append(float(check_answer(pred, str(gold), use_math_verify=use_math_verify)))
+    return out
+
+
+def gym_score_reward(
+    completions: Sequence[str],
+    *,
+    examples: Sequence[Any],
+    extract: Sequence[str] = EXTRACTORS,
+    prefix: str = "",
+) -> list[float | None]:
+    """reasoning-gym's own `score_answer` in [0, 1] (partial credit on the datasets that give it), scored by
+    each record's own dataset config; None for records of other tasks."""
+    if len(examples) != len(completions):
+        raise ValueError(f"len(examples)={len(examples)} != len(completions)={len(completions)}")
+    out: list[float | None] = []
+    for completion, example in zip(completions, examples):
+        task = _task_name(example)
+        if task is None or not task.startswith("gym:"):
+            out.append(None)
+            continue
+        out.append(_task(task).score(extract_answer(prefix + completion, extract), example))
     return out

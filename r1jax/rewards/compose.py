@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from r1jax.rewards.accuracy import accuracy_reward
+from r1jax.rewards.accuracy import accuracy_reward, gym_score_reward
 from r1jax.rewards.formatting import format_reward
 from r1jax.rewards.language import language_consistency_reward
 from r1jax.rewards.length import overlong_reward
@@ -59,6 +59,7 @@ REWARDS: dict[str, RewardInfo] = {
     "language": RewardInfo(language_consistency_reward, "thread", False),
     "overlong": RewardInfo(overlong_reward, "thread", False),
     "code": RewardInfo(code_reward, "thread", False),
+    "gym_score": RewardInfo(gym_score_reward, "process", False),  # reasoning-gym partial credit
     "reward_model": RewardInfo(reward_model_reward, "thread", True),
 }
 

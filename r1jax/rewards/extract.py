@@ -10,30 +10,15 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from r1jax.data.corpus import summary_text  # noqa: F401  (part of this module's API; the format's reader)
+from r1jax.data.formats import last_boxed  # noqa: F401  (part of this module's API)
+
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 _NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?|-?\.\d+")
 _CODE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)```", re.DOTALL)
 
 EXTRACTORS = ("answer_tag", "boxed", "last_number")
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} (or \\fbox{...}), braces balanced; None if absent or unclosed."""
-    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
-    if start < 0:
-        return None
-    i = text.index("{", start) + 1
-    depth, j = 1, i
-    while j < len(text):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i:j].strip()
-        j += 1
-    return None
 
 
 def answer_tag(text: str) -> str | None:
@@ -74,12 +59,6 @@ def think_text(text: str, prefix: str = "") -> str | None:
     """The reasoning inside <think>...</think> (first block), or None if the block is missing."""
     m = THINK_RE.search(prefix + text)
     return m.group(1) if m else None
-
-
-def summary_text(text: str) -> str:
-    """What the user sees: the text after the last </think> (the whole text if there is none)."""
-    idx = text.rfind("</think>")
-    return text if idx < 0 else text[idx + len("</think>") :].strip()
 
 
 def code_block(text: str, languages: Sequence[str] = ("python", "py", "python3", "")) -> str | None:

@@ -8,6 +8,7 @@ import numpy as np
 
 from r1jax.data import preferences
 from r1jax.rewards.compose import RewardBatch, RewardSpec, make_reward_fn
+from r1jax.rewards.reward_model import RewardModelScorer
 
 
 def make_rewards(rc, response_prefix: str, max_new_tokens: int):
@@ -26,14 +27,19 @@ def make_rewards(rc, response_prefix: str, max_new_tokens: int):
     reasoning = make_reward_fn(specs, num_processes=rc.num_processes)
     if not rc.general_weights:
         return reasoning
-    from r1jax.trainers.reward_model import RewardModelScorer
-
     scorer = RewardModelScorer(rc.reward_model)
-    general = make_reward_fn([
-        RewardSpec("reward_model", weight=float(w), timeout_s=rc.reward_model_timeout_s, key=name,
-                   kwargs={"scorer": scorer, "summary_only": name == "helpfulness"})
-        for name, w in rc.general_weights.items()
-    ])
+    general = make_reward_fn(
+        [
+            RewardSpec(
+                "reward_model",
+                weight=float(w),
+                timeout_s=rc.reward_model_timeout_s,
+                key=name,
+                kwargs={"scorer": scorer, "summary_only": name == "helpfulness"},
+            )
+            for name, w in rc.general_weights.items()
+        ]
+    )
     return RoutedRewards(reasoning, general)
 
 
@@ -60,12 +66,20 @@ class RoutedRewards:
             stats[f"reward/{route}/fraction"] = len(idx) / max(n, 1)
             if not len(idx):
                 continue
-            out = fn([prompts[i] for i in idx], [completions[i] for i in idx], [examples[i] for i in idx],
-                     lengths=None if lengths is None else [lengths[i] for i in idx])
+            out = fn(
+                [prompts[i] for i in idx],
+                [completions[i] for i in idx],
+                [examples[i] for i in idx],
+                lengths=None if lengths is None else [lengths[i] for i in idx],
+            )
             rewards[idx], valid[idx] = out.rewards, out.valid
             for k, v in out.per_reward.items():
                 per.setdefault(k, np.full((n,), np.nan, np.float32))[idx] = v
-            stats.update({k.replace("reward/", f"reward/{route}/", 1).replace("perf/", f"perf/{route}_", 1): v
-                          for k, v in out.stats.items()})
+            stats.update(
+                {
+                    k.replace("reward/", f"reward/{route}/", 1).replace("perf/", f"perf/{route}_", 1): v
+                    for k, v in out.stats.items()
+                }
+            )
         stats["reward/valid_frac"] = float(valid.mean()) if n else 1.0
         return RewardBatch(rewards, per, stats, valid)

@@ -25,10 +25,10 @@ import jax.numpy as jnp
 import ml_collections
 
 from r1jax import checkpoint as ckpt_lib
-from r1jax import kernels, sharding
-from r1jax import metrics as metrics_lib
+from r1jax import distributed, kernels, sharding, train_state
 from r1jax.data.sft import SFTFields, make_sft_iterator
 from r1jax.trainers import common, sft
+from r1jax.trainers.loop import TrainLoop
 
 KL_DIRECTIONS = ("forward", "reverse")
 
@@ -39,7 +39,7 @@ def distill_config() -> ml_collections.ConfigDict:
     c.model.preset = "tiny-student"
     c.init_from_scratch = True  # True: a fresh `model.preset` student with the teacher's tokenizer
     c.data.source = "files"  # the rejection-sampling set (teacher samples) as prompt/response JSONL
-    c.teacher = common.model_config()  # teacher.checkpoint: the final model (stage 5); its tokenizer is used
+    c.teacher = train_state.model_config()  # teacher.checkpoint: the final model (stage 5); its tokenizer is used
     c.distill = ml_collections.ConfigDict()
     c.distill.kl_weight = 0.0  # α: 0 = SFT only (the paper's method); 1 = KL only
     c.distill.kl_direction = "reverse"  # 'reverse' KL(student‖teacher), fused kernel | 'forward' KL(teacher‖student)
@@ -98,7 +98,7 @@ def distill_loss(
     params, teacher_params, batch, *, graphdef, teacher_graphdef, kl_weight, direction, temperature, implementation
 ):
     """(loss, metrics) on packed rows; see the module docstring. `teacher_params` is unused when kl_weight = 0."""
-    student = common.merge(graphdef, params)
+    student = train_state.merge(graphdef, params)
     h_s = _hidden(student, batch)
     w_s = student.lm_head_weight()
     mask = batch["loss_mask_bt"].astype(jnp.float32)
@@ -107,7 +107,7 @@ def distill_loss(
     nll = -(logp_bt * mask).sum() / denom
     if kl_weight == 0:
         return nll, {"distill/nll": nll}
-    teacher = common.merge(teacher_graphdef, teacher_params)
+    teacher = train_state.merge(teacher_graphdef, teacher_params)
     h_t = jax.lax.stop_gradient(_hidden(teacher, batch))
     kl_bt = token_kl(
         h_s,
@@ -124,7 +124,7 @@ def distill_loss(
 
 def train_step(state, teacher_params, batch, *, optimizer, **loss_kw):
     (loss, m), grads = jax.value_and_grad(distill_loss, has_aux=True)(state.params, teacher_params, batch, **loss_kw)
-    state, upd = common.apply_gradients(state, grads, loss, optimizer)
+    state, upd = train_state.apply_gradients(state, grads, loss, optimizer)
     return state, {"distill/loss": loss, **m, **upd}
 
 
@@ -136,8 +136,9 @@ def build_student(c):
     """(student, tokenizer): a fresh preset with the teacher's tokenizer, or `model.checkpoint`."""
     if c.init_from_scratch:
         model_cfg = ml_collections.ConfigDict(c.model.to_dict() | {"checkpoint": ""})
-        return common.build_model(model_cfg, c.seed, c.tokenizer.path or teacher_tokenizer_path(c.teacher.checkpoint))
-    return common.build_model(c.model, c.seed, c.tokenizer.path)
+        tokenizer_path = c.tokenizer.path or teacher_tokenizer_path(c.teacher.checkpoint)
+        return train_state.build_model(model_cfg, c.seed, tokenizer_path)
+    return train_state.build_model(c.model, c.seed, c.tokenizer.path)
 
 
 def train(config, workdir: str) -> dict:
@@ -158,10 +159,10 @@ def train(config, workdir: str) -> dict:
                 f"distill.kl_weight={c.distill.kl_weight}: token-level KL needs one vocabulary, but the teacher has "
                 f"vocab_size={teacher.cfg.vocab_size} and the student {student.cfg.vocab_size}"
             )
-        teacher_graphdef, teacher_params, teacher_state = common.split_model(teacher)
+        teacher_graphdef, teacher_params, teacher_state = train_state.split_model(teacher)
         teacher_params = jax.device_put(teacher_params, sharding.param_shardings(teacher_state, mesh))
 
-    records = sft.load_records(c)
+    records = sft.load_records(c, workdir)  # also writes WORKDIR/data_manifest.jsonl
     data_kw = dict(
         encode=tokenizer.encode,
         eos_id=tokenizer.eos_id,
@@ -174,15 +175,20 @@ def train(config, workdir: str) -> dict:
     )
     data_it, data_stats = make_sft_iterator(records, **data_kw)
     num_steps = sft.epoch_steps(records, c.num_epochs, data_kw) if c.num_epochs else c.num_steps
-    optimizer = common.make_optimizer(c.optim, num_steps)
-    graphdef, state, state_shardings = common.create_train_state(student, optimizer, mesh, c.seed)
-    checkpointer = ckpt_lib.Checkpointer(
-        os.path.join(workdir, "checkpoints"), max_to_keep=c.checkpoint.max_to_keep, async_save=c.checkpoint.async_save
-    )
+    optimizer = train_state.make_optimizer(c.optim, num_steps)
+    graphdef, state, state_shardings = train_state.create_train_state(student, optimizer, mesh, c.seed)
     identity = common.run_identity(c, ["data", "seq_len", "batch_size", "seed", "model", "distill"])
-    state, data_state, start = common.restore_or_start(checkpointer, state, state_shardings, identity, False)
-    if data_state is not None:
-        data_it.set_state(data_state)
+    loop = TrainLoop(
+        workdir,
+        c.checkpoint,
+        identity,
+        num_steps,
+        desc="distill",
+        log_every=c.log_every,
+        postfix={"loss": "distill/loss"},
+        max_consecutive_nonfinite=c.optim.max_consecutive_nonfinite,
+    )
+    state = loop.restore(state, state_shardings, data_it)
 
     batch_sh = sharding.batch_sharding(mesh, 2)
     teacher_sh = None if teacher_params is None else jax.tree.map(lambda x: x.sharding, teacher_params)
@@ -201,28 +207,13 @@ def train(config, workdir: str) -> dict:
         out_shardings=(state_shardings, None),
         donate_argnums=0,
     )
-    writer = metrics_lib.MetricsWriter(workdir)
-    bar = metrics_lib.progress(num_steps, initial=start, desc="distill")
-    m = {}
-    with ckpt_lib.PreemptionGuard() as guard:
-        for step in range(start + 1, num_steps + 1):
+    with loop:
+        for step in loop.steps():
             batch = next(data_it)
-            state, m = step_fn(state, teacher_params, jax.device_put(batch, batch_sh))
-            if step % c.log_every == 0 or step == num_steps:
-                m = jax.device_get(m)
-                writer.write(step, m)
-                bar.set_postfix(loss=f"{float(m['distill/loss']):.3f}")
-            bar.update(1)
-            if step % c.checkpoint.every == 0 or step == num_steps or guard.triggered:
-                checkpointer.save(step, common.state_to_dict(state), data_it.get_state(), identity)
-            if guard.triggered:
-                checkpointer.close()
-                return {"preempted_at": step}
-    bar.close()
-    checkpointer.close()
-    writer.close()
-    ckpt_lib.export_model(
-        common.merge(graphdef, jax.device_get(state.params)), tokenizer, os.path.join(workdir, "model")
-    )
-    out = {k: float(v) for k, v in m.items()} | {"data/" + k: v for k, v in data_stats.items()}
+            state, m = step_fn(state, teacher_params, distributed.global_batch(batch, batch_sh))
+            loop.end_step(step, state, m, data_it.get_state)
+    if loop.preempted:
+        return {"preempted_at": loop.step}
+    loop.export(graphdef, state.params, tokenizer)
+    out = loop.float_metrics() | {"data/" + k: v for k, v in data_stats.items()}
     return out | {"student/num_params": student.cfg.num_params(), "perf/wall_time_s": time.perf_counter() - t_start}

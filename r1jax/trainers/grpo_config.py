@@ -12,10 +12,11 @@ import os
 
 import ml_collections
 
-from r1jax import grpo, sharding
-from r1jax.data import tasks as tasks_lib
+from r1jax import grpo, sampling, sharding, train_state
+from r1jax import rewards as rewards_lib
+from r1jax.data import formats, provenance
 from r1jax.models import config_from_hf, get_preset
-from r1jax.trainers import common
+from r1jax.trainers.loop import checkpoint_config, validate_checkpoint  # the loop's, as every trainer's
 
 GENERAL_REWARDS = ("helpfulness", "harmlessness")  # reward-model scores of general prompts (paper 2.3.4)
 
@@ -27,12 +28,26 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
     c.mu = 1  # μ, optimizer updates per rollout batch (μ = 1: ratio ≡ 1, no old-log-prob pass)
     c.beta = 0.0  # β, k3 KL coefficient (0 skips the reference forward entirely)
     c.epsilon_low = 0.2  # ε_low
-    c.epsilon_high = 0.2  # ε_high (DAPO clip-higher: 0.28)
-    c.loss_type = "dapo"  # 'grpo' | 'dapo' | 'dr_grpo' | 'bnpo' (see r1jax/grpo.py)
+    c.epsilon_high = 0.2  # ε_high (DAPO clip-higher: 0.28); with loss_type='cispo' it is ε_max, the ratio cap (5.0)
+    c.loss_type = "dapo"  # 'grpo' | 'dapo' | 'dr_grpo' | 'bnpo' | 'cispo' | 'sapo' (see r1jax/grpo.py)
     c.scale_rewards = "group"  # 'group' | 'batch' | 'none' (Dr. GRPO)
     c.adv_eps = 1e-4
     c.importance_sampling_level = "token"  # 'token' | 'sequence'
     c.kl_bias_correction = False  # weight k3 by the ratio (DeepSeek-V3.2); R1 used plain k3
+    # Rollout-policy corrections (r1jax/grpo.py; TRL's vllm_importance_sampling_* with sampler_ for vllm_), from
+    # the sampler's log-probs (Rollout.logps_bt): w = π_old / π_sampler weights each token's policy term.
+    # TRL's correction default True acts on vLLM rollouts only; r1jax's sampler runs the trainer's own code, TRL's
+    # use_vllm=False case, so it is off here. Mode and bounds default to TRL's. With the correction or the off-policy
+    # mask on, the step also logs the sampler-trainer mismatch and the weights (rl/sampler/*).
+    c.sampler_is_correction = False
+    # 'token_truncate' (TIS) | 'token_mask' (IcePop, both bounds) | 'sequence_truncate' | 'sequence_mask' (MIS)
+    c.sampler_is_mode = "sequence_mask"
+    c.sampler_is_clip_min = 0.0  # C_min (0: no lower bound, TRL's None)
+    c.sampler_is_clip_max = 3.0  # C_max (inf: no upper bound)
+    c.off_policy_mask_threshold = float("inf")  # δ (DeepSeek-V3.2 eq. 9): drop A<0 rows, mean log π_s/π_θ > δ; inf: off
+    c.top_entropy_quantile = 1.0  # ρ (Beyond the 80/20 rule: 0.2): train only the top-ρ tokens by entropy; 1: all
+    c.sapo_temperature_pos = 1.0  # τ_pos of loss_type='sapo' (A > 0)
+    c.sapo_temperature_neg = 1.05  # τ_neg (A <= 0)
     c.mask_truncated = False  # drop completions without EOS from the loss
     c.dynamic_sampling = False  # DAPO: drop zero-spread groups, refill from further prompts
     c.max_resample_rounds = 2  # cap on extra sampling rounds per step with dynamic_sampling
@@ -49,6 +64,8 @@ def sampling_config(**overrides) -> ml_collections.ConfigDict:
     c.max_new_tokens = 256
     c.max_prompt_len = 256  # longer prompts are refused when the data is read
     c.prompt_bucket = 32  # prompts are left-padded to bucket·2^k tokens: few shapes, few compilations
+    c.scheduler = "static"  # 'static': P·G rows decode as one batch; 'continuous': num_slots rows refilled as rows stop
+    c.num_slots = 0  # continuous decode slots (0 = P·G); a multiple of the data-parallel size
     c.update(overrides)
     return c
 
@@ -62,9 +79,13 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
     c.num_general = 0  # built-in general prompts (r1jax.data.preferences) mixed into training (paper 2.3.4)
     c.general_seed = 17
     c.train_seed = 1
-    c.eval_seed = 2  # a different seed: a disjoint held-out split
-    c.train_files = ()  # JSONL / Parquet / ArrayRecord; replaces the built-in task's training prompts
+    c.eval_seed = 2  # the draw of held-out prompts (their split is by content: eval.split)
+    c.train_files = ()  # files or directories (r1jax.data.formats); replace the built-in task's training prompts
     c.eval_files = ()
+    c.format = "jsonl"  # row format of train_files / eval_files: 'jsonl' (the fields below) | 'gsm8k' | 'math' | ...
+    c.train_files_split = "train"  # split read from a DatasetDict (save_to_disk) or Hub-export directory
+    c.eval_files_split = "test"
+    c.levels = ()  # 'math' format: keep only these MATH levels (e.g. (3, 4, 5), Dr. GRPO's setting); () = all
     c.question_field = "question"
     c.answer_field = "answer"
     c.id_field = "id"
@@ -81,17 +102,7 @@ def eval_config(**overrides) -> ml_collections.ConfigDict:
     c.temperature = 0.6  # the paper's protocol: T = 0.6, top-p = 0.95
     c.top_p = 0.95
     c.greedy = True  # also greedy accuracy
-    c.update(overrides)
-    return c
-
-
-def checkpoint_config(**overrides) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.every = 50  # steps between saves (also saved at the end and on SIGTERM)
-    c.max_to_keep = 3
-    c.async_save = True
-    c.on_save_error = "raise"  # 'raise' or 'continue' (previous checkpoint kept)
-    c.restart_from_weights = False  # resume a workdir whose settings changed: weights only, a new run
+    c.split = "test"  # built-in tasks' content split: 'test' for reported numbers, 'validation' for choosing settings
     c.update(overrides)
     return c
 
@@ -119,15 +130,15 @@ def grpo_config() -> ml_collections.ConfigDict:
     """Every field the GRPO trainer reads, with defaults; experiment files change values, never add fields."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.model = common.model_config()
-    c.tokenizer = common.tokenizer_config()
+    c.model = train_state.model_config()
+    c.tokenizer = train_state.tokenizer_config()
     c.template = "r1_zero"  # r1jax.tokenizer.TEMPLATES
     c.response_prefix = ""  # text forced at the start of every completion (e.g. '<think>')
     c.data = data_config()
     c.rl = rl_config()
     c.sampling = sampling_config()
     c.rewards = rewards_config()
-    c.optim = common.optimizer_config()
+    c.optim = train_state.optimizer_config()
     c.mesh = ml_collections.ConfigDict({"shape": (-1, 1, 1)})  # ('data', 'fsdp', 'tensor'); -1 = the rest
     c.kernels = ml_collections.ConfigDict({"implementation": "auto"})  # 'auto' | 'xla' | 'chunked' | 'pallas'
     c.checkpoint = checkpoint_config()
@@ -150,29 +161,30 @@ def validate(c, num_devices: int | None = None) -> None:
         raise ValueError(f"rl.num_steps={rl.num_steps}: must be >= 1")
     if rl.mu < 1:
         raise ValueError(f"rl.mu={rl.mu}: must be >= 1")
-    if rl.beta < 0:
-        raise ValueError(f"rl.beta={rl.beta}: must be >= 0")
-    for name in ("epsilon_low", "epsilon_high"):
-        if not 0 < rl[name] < 1:
-            raise ValueError(f"rl.{name}={rl[name]}: must be in (0, 1)")
-    for name, allowed in (
-        ("loss_type", grpo.LOSS_TYPES),
-        ("scale_rewards", grpo.SCALE_REWARDS),
-        ("importance_sampling_level", grpo.IMPORTANCE_SAMPLING_LEVELS),
-    ):
-        if rl[name] not in allowed:
-            raise ValueError(f"rl.{name}={rl[name]!r}: expected one of {allowed}")
+    grpo.check_loss_options(prefix="rl.", **rl.to_dict())  # β, ε, loss_type, ...: the loss's one set of bounds
+    if rl.scale_rewards not in grpo.SCALE_REWARDS:
+        raise ValueError(f"rl.scale_rewards={rl.scale_rewards!r}: expected one of {grpo.SCALE_REWARDS}")
     if s.temperature <= 0:
         raise ValueError(f"sampling.temperature={s.temperature}: must be > 0 for RL rollouts")
     if not 0 < s.top_p <= 1:
         raise ValueError(f"sampling.top_p={s.top_p}: must be in (0, 1]")
     if s.max_new_tokens < 1 or s.max_prompt_len < 1:
         raise ValueError(f"sampling.max_new_tokens={s.max_new_tokens}, max_prompt_len={s.max_prompt_len}: must be >= 1")
+    if s.scheduler not in sampling.SCHEDULERS:
+        raise ValueError(f"sampling.scheduler={s.scheduler!r}: expected one of {sampling.SCHEDULERS}")
+    if s.num_slots < 0 or (s.num_slots and s.scheduler != "continuous"):
+        raise ValueError(
+            f"sampling.num_slots={s.num_slots}: must be >= 0, and 0 unless sampling.scheduler='continuous' "
+            f"(it is {s.scheduler!r})"
+        )
     if c.eval.num_samples < 1:
         raise ValueError(f"eval.num_samples={c.eval.num_samples}: must be >= 1")
+    if c.eval.split not in provenance.SPLITS:
+        raise ValueError(f"eval.split={c.eval.split!r}: expected one of {provenance.SPLITS}")
     if c.kernels.implementation not in ("auto", "xla", "chunked", "pallas"):
         raise ValueError(f"kernels.implementation={c.kernels.implementation!r}: expected auto | xla | chunked | pallas")
-    common.validate_optimizer(c.optim)
+    train_state.validate_optimizer(c.optim)
+    validate_checkpoint(c.checkpoint)
     mesh_shape = sharding.resolve_mesh_shape(c.mesh.shape, num_devices)
     dp = mesh_shape[0] * mesh_shape[1]
     batch = rl.prompts_per_step * rl.group_size
@@ -183,11 +195,16 @@ def validate(c, num_devices: int | None = None) -> None:
         )
     if batch % dp:
         raise ValueError(f"batch P·G={batch}: not divisible by the data-parallel size {dp}")
+    if s.scheduler == "continuous" and min(s.num_slots or batch, batch) % dp:
+        raise ValueError(f"sampling.num_slots={s.num_slots}: not divisible by the data-parallel size {dp}")
     if not c.data.train_files:
-        tasks_lib.get_task(c.data.task)  # raises naming the task when unknown
+        rewards_lib.get_task(c.data.task)  # raises naming the task when unknown
     for f in tuple(c.data.train_files) + tuple(c.data.eval_files):
         if not os.path.exists(f):
             raise ValueError(f"data.train_files/eval_files: no such file {f!r}")
+    formats.check_format(c.data.format)
+    if c.data.levels and c.data.format != "math":
+        raise ValueError(f"data.levels={tuple(c.data.levels)}: only format 'math' has levels, not {c.data.format!r}")
     for name in c.rewards.general_weights:
         if name not in GENERAL_REWARDS:
             raise ValueError(f"rewards.general_weights.{name}: expected names in {GENERAL_REWARDS}")

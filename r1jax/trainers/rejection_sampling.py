@@ -28,15 +28,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from r1jax import sampling, sharding
-from r1jax.data import preferences
+from r1jax import sampling, sharding, train_state
+from r1jax.data import preferences, provenance
 from r1jax.data import tasks as tasks_lib
 from r1jax.data.sft import SFTFields, load_sft_records
 from r1jax.data.sources import PromptFields, load_prompts
 from r1jax.rewards import RewardSpec, format_ok, language_consistency, make_reward_fn, think_text
+from r1jax.rollouts import decode_completions, encode_prompts
 from r1jax.tokenizer import apply_template
-from r1jax.trainers import common
-from r1jax.trainers.grpo import decode_completions, encode_prompts
 
 FILTERS = ("correct", "format", "language", "paragraph", "code", "duplicate")
 _PARAGRAPH_RE = re.compile(r"\n\s*\n")
@@ -46,15 +45,15 @@ def rejection_sampling_config() -> ml_collections.ConfigDict:
     """Every field the rejection sampler reads, with defaults; experiment files change values, never add fields."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.model = common.model_config()  # model.checkpoint: the stage-3 (reasoning RL) policy
-    c.tokenizer = common.tokenizer_config()
+    c.model = train_state.model_config()  # model.checkpoint: the stage-3 (reasoning RL) policy
+    c.tokenizer = train_state.tokenizer_config()
     c.template = "r1_zero"
     c.response_prefix = ""  # text forced at the start of every completion (as in the RL stage)
     c.data = ml_collections.ConfigDict()
     c.data.task = "arithmetic"  # built-in task, also the verifier of files' answers
     c.data.difficulty = 1
     c.data.num_prompts = 1024  # built-in task: prompts to sample from
-    c.data.seed = 5  # a split of its own (RL trains on seed 1, evaluates on seed 2)
+    c.data.seed = 5  # a draw of its own from the train split (splits are by content: r1jax.data.provenance)
     c.data.files = ()  # prompt files (question / answer fields) instead of the built-in task
     c.data.question_field = "question"
     c.data.answer_field = "answer"
@@ -186,12 +185,18 @@ def filter_samples(samples: list[dict], f, *, prefix: str = "", format_mode: str
 # Sampling
 
 
-def load_prompt_records(c) -> list[dict]:
+def load_prompt_records(c, workdir: str | None = None) -> list[dict]:
+    """The prompts to sample from (built-in tasks: train split only); with `workdir`, recorded in its manifest."""
     if c.data.files:
         fields = PromptFields(question=c.data.question_field, answer=c.data.answer_field, id=c.data.id_field)
-        return list(load_prompts(list(c.data.files), fields, on_error=c.data.on_error))
-    task = tasks_lib.get_task(c.data.task)
-    return [e.to_dict() for e in task.generate(c.data.num_prompts, seed=c.data.seed, difficulty=c.data.difficulty)]
+        records = list(load_prompts(list(c.data.files), fields, on_error=c.data.on_error))
+    else:
+        task = tasks_lib.get_task(c.data.task)
+        generated = task.generate(c.data.num_prompts, seed=c.data.seed, difficulty=c.data.difficulty, split="train")
+        records = [e.to_dict() for e in generated]
+    if workdir is not None:
+        provenance.record(workdir, provenance.questions_of(records), split="train", role="train", source="prompts")
+    return records
 
 
 def _write_jsonl(path: str, rows) -> None:
@@ -217,14 +222,14 @@ def sample_all(c, records: list[dict], workdir: str) -> list[dict]:
     todo = [i for i, p in enumerate(paths) if not os.path.exists(p)]
     if todo:
         mesh = sharding.make_mesh(c.mesh.shape)
-        model, tokenizer = common.build_model(c.model, c.seed, c.tokenizer.path)
+        model, tokenizer = train_state.build_model(c.model, c.seed, c.tokenizer.path)
         need = c.sampling.max_prompt_len + c.sampling.max_new_tokens
         if need > model.cfg.max_seq_len:
             raise ValueError(
                 f"sampling.max_prompt_len + sampling.max_new_tokens = {need} exceeds the model's context "
                 f"max_seq_len={model.cfg.max_seq_len}"
             )
-        graphdef, params, _ = common.split_model(model)
+        graphdef, params, _ = train_state.split_model(model)
         params = jax.device_put(params, sharding.replicated(mesh))
         cfg = sampling.SamplingConfig(
             num_samples=M,
@@ -274,18 +279,24 @@ def sample_all(c, records: list[dict], workdir: str) -> list[dict]:
     return [s for p in paths for s in _read_jsonl(p)]
 
 
-def non_reasoning_records(c, num_reasoning: int) -> list[dict]:
+def non_reasoning_records(c, num_reasoning: int, workdir: str | None = None) -> list[dict]:
+    """The non-reasoning SFT rows (built-in general prompts: train split only); with `workdir`, their questions
+    are recorded in its manifest."""
     nr = c.non_reasoning
-    if nr.source == "none":
-        return []
+    rows = []
     if nr.source == "files":
         fields = SFTFields(prompt=nr.prompt_field, response=nr.response_field)
-        return [
+        rows = [
             {"id": r["id"], "prompt": r["prompt"], "response": r["response"]}
             for r in load_sft_records(list(nr.files), fields)
         ]
-    n = max(int(round(nr.fraction / (1 - nr.fraction) * num_reasoning)), nr.min_examples)
-    return preferences.non_reasoning_records(n, seed=nr.seed, template=c.template)
+    elif nr.source == "builtin":
+        n = max(int(round(nr.fraction / (1 - nr.fraction) * num_reasoning)), nr.min_examples)
+        rows = preferences.non_reasoning_records(n, seed=nr.seed, template=c.template, split="train")
+    if workdir is not None:
+        questions = provenance.questions_of(rows, field="prompt", template=c.template)
+        provenance.record(workdir, questions, split="train", role="train", source="non_reasoning")
+    return rows
 
 
 def run(config, workdir: str) -> dict:
@@ -294,7 +305,7 @@ def run(config, workdir: str) -> dict:
     c = config
     os.makedirs(workdir, exist_ok=True)
     t0 = time.perf_counter()
-    records = load_prompt_records(c)
+    records = load_prompt_records(c, workdir)  # also writes WORKDIR/data_manifest.jsonl
     samples = sample_all(c, records, workdir)
     for s in samples:
         s["prompt"] = apply_template(s["question"], c.template)
@@ -308,7 +319,7 @@ def run(config, workdir: str) -> dict:
         }
         for i, s in enumerate(kept)
     ]
-    general = [r | {"source": "non_reasoning"} for r in non_reasoning_records(c, len(reasoning))]
+    general = [r | {"source": "non_reasoning"} for r in non_reasoning_records(c, len(reasoning), workdir)]
     rows = reasoning + general
     random.Random(c.seed).shuffle(rows)
     if not rows:

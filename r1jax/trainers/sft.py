@@ -14,40 +14,42 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from r1jax import checkpoint as ckpt_lib
-from r1jax import kernels, sharding
+from r1jax import distributed, kernels, sharding, train_state
 from r1jax import metrics as metrics_lib
-from r1jax.data import corpus
+from r1jax.data import corpus, formats, provenance
 from r1jax.data import tasks as tasks_lib
-from r1jax.data.sft import SFTFields, make_sft_iterator
-from r1jax.tokenizer import SentencePieceTokenizer
+from r1jax.data.sft import SFTFields, load_sft_records, make_sft_iterator
+from r1jax.tokenizer import SentencePieceTokenizer, apply_template
 from r1jax.trainers import common
+from r1jax.trainers.loop import TrainLoop, checkpoint_config, validate_checkpoint
 
 
 def sft_config() -> ml_collections.ConfigDict:
     """Every field the SFT trainer reads, with defaults; experiment files change values, never add fields."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.model = common.model_config()
+    c.model = train_state.model_config()
     c.init_from_scratch = False  # True: a fresh `model.preset` (stage 0), ignoring model.checkpoint
-    c.tokenizer = common.tokenizer_config()
+    c.tokenizer = train_state.tokenizer_config()
     c.tokenizer.train_vocab_size = 0  # > 0: train a sentencepiece model of this size on the corpus (stage 0)
     c.template = "r1_zero"
     c.data = ml_collections.ConfigDict()
-    c.data.source = "pretrain"  # 'pretrain' | 'cold_start' (built-in task corpora) | 'files'
+    c.data.source = "pretrain"  # 'pretrain' | 'cold_start' (built-in corpora) | 'files' | 'traces' (chat-format files)
     c.data.task = "arithmetic"
     c.data.difficulty = 1
     c.data.num_examples = 20_000
     c.data.seed = 3
     c.data.format_rate = 0.4  # pretrain corpus: fraction of responses in the <think>/<answer> format
     c.data.error_rate = 0.3  # pretrain corpus: fraction of solutions with a wrong step or answer
+    c.data.direct_rate = 0.0  # pretrain corpus: fraction of one-step direct answers (tasks with solution styles)
+    c.data.direct_error_rate = 0.0  # pretrain corpus: fraction of direct answers that are wrong
+    c.data.recheck_rate = 0.0  # pretrain corpus: fraction of worked solutions whose slip a re-check step fixes
     c.data.files = ()
     c.data.prompt_field = "prompt"
     c.data.response_field = "response"
@@ -56,19 +58,19 @@ def sft_config() -> ml_collections.ConfigDict:
     c.batch_size = 16  # packed rows per step B
     c.num_steps = 1000
     c.num_epochs = 0  # > 0: instead of num_steps, this many passes over the data (packed batches are counted)
-    c.optim = common.optimizer_config(learning_rate=1e-3, warmup_steps=50, weight_decay=0.01)
+    c.optim = train_state.optimizer_config(learning_rate=1e-3, warmup_steps=50, weight_decay=0.01)
     c.mesh = ml_collections.ConfigDict({"shape": (-1, 1, 1)})
     c.kernels = ml_collections.ConfigDict({"implementation": "auto"})
-    c.checkpoint = ml_collections.ConfigDict({"every": 200, "max_to_keep": 2, "async_save": True})
+    c.checkpoint = checkpoint_config(every=200, max_to_keep=2)
     c.log_every = 10
     return c
 
 
 def validate(c, num_devices: int | None = None) -> None:
-    if c.data.source not in ("pretrain", "cold_start", "files"):
-        raise ValueError(f"data.source={c.data.source!r}: expected 'pretrain', 'cold_start' or 'files'")
-    if c.data.source == "files" and not c.data.files:
-        raise ValueError("data.files=(): data.source='files' needs at least one file")
+    if c.data.source not in ("pretrain", "cold_start", "files", "traces"):
+        raise ValueError(f"data.source={c.data.source!r}: expected 'pretrain', 'cold_start', 'files' or 'traces'")
+    if c.data.source in ("files", "traces") and not c.data.files:
+        raise ValueError(f"data.files=(): data.source={c.data.source!r} needs at least one file")
     for f in c.data.files:
         if not os.path.exists(f):
             raise ValueError(f"data.files: no such file {f!r}")
@@ -78,7 +80,8 @@ def validate(c, num_devices: int | None = None) -> None:
         raise ValueError(f"num_epochs={c.num_epochs}: must be >= 0")
     if c.seq_len < 2:
         raise ValueError(f"seq_len={c.seq_len}: must be >= 2")
-    common.validate_optimizer(c.optim)
+    train_state.validate_optimizer(c.optim)
+    validate_checkpoint(c.checkpoint)
     dp = np.prod(sharding.resolve_mesh_shape(c.mesh.shape, num_devices)[:2])
     if c.batch_size % dp:
         raise ValueError(f"batch_size={c.batch_size}: not divisible by the data-parallel size {dp}")
@@ -86,14 +89,35 @@ def validate(c, num_devices: int | None = None) -> None:
         raise ValueError("model.checkpoint='': SFT needs a checkpoint to start from (or init_from_scratch=True)")
 
 
-def load_records(c) -> list[dict] | list[str]:
+def load_records(c, workdir: str | None = None) -> list[dict] | list[str]:
+    """The stage's SFT records (built-in corpora: train split only), or its files' paths. With `workdir`, the
+    questions trained on go into WORKDIR/data_manifest.jsonl (prompts with the template taken off)."""
+    if workdir is not None:
+        records = load_records(c)
+        rows = records
+        if c.data.source == "files":  # the manifest needs the questions: the files are read here too
+            fields = SFTFields(prompt=c.data.prompt_field, response=c.data.response_field)
+            rows = load_sft_records(records, fields, on_error=c.data.on_error)
+        questions = provenance.questions_of(rows, field="prompt", template=c.template)
+        provenance.record(workdir, questions, split="train", role="train", source="sft_data")
+        return records
     if c.data.source == "files":
         return list(c.data.files)
+    if c.data.source == "traces":  # chat-format reasoning traces: the user turn through the run's template
+        return list(formats.load_traces(list(c.data.files), functools.partial(apply_template, template=c.template),
+                                        on_error=c.data.on_error))
     task = tasks_lib.get_task(c.data.task)
     kw = dict(seed=c.data.seed, difficulty=c.data.difficulty, template=c.template)
     if c.data.source == "pretrain":
         return corpus.pretraining_records(
-            task, c.data.num_examples, format_rate=c.data.format_rate, error_rate=c.data.error_rate, **kw
+            task,
+            c.data.num_examples,
+            format_rate=c.data.format_rate,
+            error_rate=c.data.error_rate,
+            direct_rate=c.data.direct_rate,
+            direct_error_rate=c.data.direct_error_rate,
+            recheck_rate=c.data.recheck_rate,
+            **kw,
         )
     return corpus.cold_start_records(task, c.data.num_examples, **kw)
 
@@ -109,7 +133,7 @@ def epoch_steps(records, num_epochs: int, data_kw: dict) -> int:
 
 def sft_loss(params, batch, *, graphdef, implementation):
     """Mean negative log-likelihood of the response tokens of packed rows."""
-    model = common.merge(graphdef, params)
+    model = train_state.merge(graphdef, params)
     seg_bt = batch["segment_ids_bt"]
     hidden, _ = model(
         batch["tokens_bt"], mask_bt=seg_bt > 0, positions_bt=batch["positions_bt"], segment_ids_bt=seg_bt
@@ -123,7 +147,7 @@ def sft_loss(params, batch, *, graphdef, implementation):
 
 def train_step(state, batch, *, graphdef, optimizer, implementation):
     loss, grads = jax.value_and_grad(sft_loss)(state.params, batch, graphdef=graphdef, implementation=implementation)
-    state, m = common.apply_gradients(state, grads, loss, optimizer)
+    state, m = train_state.apply_gradients(state, grads, loss, optimizer)
     return state, {"sft/loss": loss, **m}
 
 
@@ -132,7 +156,7 @@ def train(config, workdir: str) -> dict:
     c = config
     os.makedirs(workdir, exist_ok=True)
     mesh = sharding.make_mesh(c.mesh.shape)
-    records = load_records(c)
+    records = load_records(c, workdir)  # also writes WORKDIR/data_manifest.jsonl
     tok_path = c.tokenizer.path
     if c.tokenizer.train_vocab_size:
         tok_path = os.path.join(workdir, "tokenizer.model")
@@ -144,7 +168,7 @@ def train(config, workdir: str) -> dict:
     if c.init_from_scratch:
         model_cfg = ml_collections.ConfigDict(c.model.to_dict())
         model_cfg.checkpoint = ""
-    model, tokenizer = common.build_model(model_cfg, c.seed, tok_path)
+    model, tokenizer = train_state.build_model(model_cfg, c.seed, tok_path)
     if c.seq_len > model.cfg.max_seq_len:
         raise ValueError(f"seq_len={c.seq_len} exceeds the model's context max_seq_len={model.cfg.max_seq_len}")
     data_kw = dict(
@@ -154,46 +178,28 @@ def train(config, workdir: str) -> dict:
     )
     data_it, data_stats = make_sft_iterator(records, **data_kw)
     num_steps = epoch_steps(records, c.num_epochs, data_kw) if c.num_epochs else c.num_steps
-    optimizer = common.make_optimizer(c.optim, num_steps)
-    graphdef, state, state_shardings = common.create_train_state(model, optimizer, mesh, c.seed)
-    checkpointer = ckpt_lib.Checkpointer(
-        os.path.join(workdir, "checkpoints"), max_to_keep=c.checkpoint.max_to_keep, async_save=c.checkpoint.async_save
-    )
+    optimizer = train_state.make_optimizer(c.optim, num_steps)
+    graphdef, state, state_shardings = train_state.create_train_state(model, optimizer, mesh, c.seed)
     identity = common.run_identity(c, ["data.source", "data.task", "data.files", "seq_len", "batch_size", "seed"])
-    state, data_state, start = common.restore_or_start(checkpointer, state, state_shardings, identity, False)
-    if data_state is not None:
-        data_it.set_state(data_state)
+    loop = TrainLoop(
+        workdir, c.checkpoint, identity, num_steps, desc="sft", log_every=c.log_every, postfix={"loss": "sft/loss"},
+        max_consecutive_nonfinite=c.optim.max_consecutive_nonfinite,
+    )
+    state = loop.restore(state, state_shardings, data_it)
 
     batch_sh = sharding.batch_sharding(mesh, 2)
     step_fn = jax.jit(
         functools.partial(train_step, graphdef=graphdef, optimizer=optimizer, implementation=c.kernels.implementation),
         in_shardings=(state_shardings, batch_sh), out_shardings=(state_shardings, None), donate_argnums=0,
     )
-    writer = metrics_lib.MetricsWriter(workdir)
-    bar = metrics_lib.progress(num_steps, initial=start, desc="sft")
-    m, t0, tokens = {}, time.perf_counter(), 0
-    with ckpt_lib.PreemptionGuard() as guard:
-        for step in range(start + 1, num_steps + 1):
+    with loop:
+        for step in loop.steps():
             batch = next(data_it)
-            tokens += int((batch["segment_ids_bt"] > 0).sum())
-            state, m = step_fn(state, jax.device_put(batch, batch_sh))
-            if step % c.log_every == 0 or step == num_steps:
-                m = jax.device_get(m)
-                dt = time.perf_counter() - t0
-                m["perf/tokens_per_s"] = tokens / max(dt, 1e-9)
-                writer.write(step, m)
-                bar.set_postfix(loss=f"{float(m['sft/loss']):.3f}")
-                t0, tokens = time.perf_counter(), 0
-            bar.update(1)
-            if step % c.checkpoint.every == 0 or step == num_steps or guard.triggered:
-                checkpointer.save(step, common.state_to_dict(state), data_it.get_state(), identity)
-            if guard.triggered:
-                checkpointer.close()
-                return {"preempted_at": step}
-    bar.close()
-    checkpointer.close()
-    writer.close()
-    metrics_lib.plot_curves(metrics_lib.read_history(workdir), ["sft/loss"], os.path.join(workdir, "curves.png"))
-    final_model = common.merge(graphdef, jax.device_get(state.params))
-    ckpt_lib.export_model(final_model, tokenizer, os.path.join(workdir, "model"))
-    return {k: float(v) for k, v in m.items()} | {"data/" + k: v for k, v in data_stats.items()}
+            state, m = step_fn(state, distributed.global_batch(batch, batch_sh))
+            loop.end_step(step, state, m, data_it.get_state, tokens=int((batch["segment_ids_bt"] > 0).sum()))
+    if loop.preempted:
+        return {"preempted_at": loop.step}
+    if jax.process_index() == 0:
+        metrics_lib.plot_curves(metrics_lib.read_history(workdir), ["sft/loss"], os.path.join(workdir, "curves.png"))
+    loop.export(graphdef, state.params, tokenizer)
+    return loop.float_metrics() | {"data/" + k: v for k, v in data_stats.items()}

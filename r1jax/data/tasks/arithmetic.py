@@ -16,9 +16,20 @@ difficulty | operations | operand digits
 3          | + - *      | 3-4 for + -; 2-3 digits times 1 digit for *
 4          | + - *      | 4-5 for + -; 2-3 digits times 2 digits
 5          | + - *      | 5-6 for + -; 3-4 digits times 2 digits
+6          | +          | 3 (fixed width: one-step answers are hard for a ~1M model, column solutions less so)
 
 Multi-digit multipliers write one partial product per step (no carries inside
 a partial product) and then add them up.
+
+Besides the worked solution, three other solution styles feed the stage-0 corpus
+(`r1jax.data.corpus.pretraining_records`): `direct_solution` states the result in one
+step ("347+85=432."), wrong at a given rate, the way a small model's guess is;
+`noisy_solution` is a worked solution that may hold a slip; `rechecked_solution` holds a
+slip that a "Wait, let me re-check:" step catches at once, redoing the column right and
+carrying on from it, so its final answer is always right. On a base that has learned
+the column steps, reinforcement learning can then raise accuracy by moving the policy from
+direct answers to worked and re-checked ones (longer output, more re-checks), not only by
+adding the answer tags.
 """
 
 from __future__ import annotations
@@ -27,19 +38,21 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
+from r1jax.data import provenance
 from r1jax.data.tasks.base import (
     Example,
     as_random,
     check_error_rate,
     check_generate_args,
+    generate_split,
     gold_of,
     parse_number,
 )
 
-MAX_DIFFICULTY = 5
+MAX_DIFFICULTY = 6
 MIN_DIFFICULTY = 0
-_OPS = {0: "+", 1: "+", 2: "+-", 3: "+-*", 4: "+-*", 5: "+-*"}
-_ADD_DIGITS = {0: (2, 2), 1: (2, 3), 2: (2, 3), 3: (3, 4), 4: (4, 5), 5: (5, 6)}
+_OPS = {0: "+", 1: "+", 2: "+-", 3: "+-*", 4: "+-*", 5: "+-*", 6: "+"}
+_ADD_DIGITS = {0: (2, 2), 1: (2, 3), 2: (2, 3), 3: (3, 4), 4: (4, 5), 5: (5, 6), 6: (3, 3)}
 _MUL_DIGITS = {3: ((2, 3), (1, 1)), 4: ((2, 3), (2, 2)), 5: ((3, 4), (2, 2))}
 
 
@@ -143,7 +156,12 @@ class ArithmeticTask:
     default_difficulty = 1
     max_difficulty = MAX_DIFFICULTY
 
-    def generate(self, n: int, *, seed: int, difficulty: int | None = None) -> list[Example]:
+    def generate(
+        self, n: int, *, seed: int, difficulty: int | None = None, split: str | None = None
+    ) -> list[Example]:
+        """n problems from the seeded stream; with `split`, only those of that content split (by `split_key`)."""
+        if split is not None:
+            return generate_split(self, n, seed=seed, difficulty=difficulty, split=split)
         d = self.default_difficulty if difficulty is None else difficulty
         check_generate_args(self.name, n, seed, d, MAX_DIFFICULTY, MIN_DIFFICULTY)
         # The difficulty goes into the rng seed too: the same seed at two difficulties gives unrelated data.
@@ -170,6 +188,13 @@ class ArithmeticTask:
                 )
             )
         return out
+
+    def split_key(self, example: Example) -> str:
+        """The canonical problem: a+b and b+a (a*b and b*a) are one problem, so they always share a split."""
+        a, b, op = example.meta["a"], example.meta["b"], example.meta["op"]
+        if op in "+*":
+            a, b = min(a, b), max(a, b)
+        return provenance.normalise_question(f"What is {a}{op}{b}?")
 
     def verify(self, predicted_answer: str | None, example_or_gold: Example | Mapping | str) -> bool:
         pred, gold = parse_number(predicted_answer), parse_number(gold_of(example_or_gold))
@@ -202,3 +227,38 @@ class ArithmeticTask:
         steps, _ = _STEPS[op](a, b)
         wrong = correct + rng.choice((-10, -1, 1, 10))
         return _render(a, op, b, steps, wrong), str(wrong)
+
+    def direct_solution(self, example: Example, rng: Any, error_rate: float) -> tuple[str, str]:
+        """(solution, answer) in one step, "347+85=432.", the short answer a model gives without working;
+        with probability `error_rate` one digit of the result is off by one (the answer is then wrong)."""
+        check_error_rate(error_rate)
+        rng = as_random(rng)
+        a, b, op = example.meta["a"], example.meta["b"], example.meta["op"]
+        result = str(_APPLY[op](a, b))
+        if rng.random() < error_rate:
+            k = rng.randrange(len(result))
+            d = int(result[k])
+            # Off by one in digit k, never a leading zero.
+            choices = [x for x in (d - 1, d + 1) if 0 <= x <= 9 and (x or k or len(result) == 1)]
+            result = result[:k] + str(rng.choice(choices)) + result[k + 1 :]
+        return f"{a}{op}{b}={result}.", result
+
+    def rechecked_solution(self, example: Example, rng: Any) -> tuple[str, str]:
+        """(solution, answer): a worked solution with a slip in one step that the next sentence catches,
+
+            7+5=12, write 2, carry 1. 4+8+1=14, write 4, carry 1. Wait, let me re-check: 4+8+1=13, write 3,
+            carry 1. 3+0+1=4, write 4. So 347+85=432.
+
+        The slipped step is redone correctly and the rest follows from the fix, so the answer is always right."""
+        rng = as_random(rng)
+        a, b, op = example.meta["a"], example.meta["b"], example.meta["op"]
+        steps, result = _STEPS[op](a, b)
+        n_steps = len(str(a)) if op != "*" or b < 10 else len(str(b))
+        for _ in range(20):  # a slip can be absorbed (e.g. clipped at 0); retry until the step shows it
+            slipped, _ = _STEPS[op](a, b, (rng.randrange(n_steps), rng.choice((-1, 1))))
+            diff = [i for i, (x, y) in enumerate(zip(slipped, steps)) if x != y]
+            if diff:
+                i = diff[0]
+                shown = [*slipped[: i + 1], f"Wait, let me re-check: {steps[i]}", *steps[i + 1 :]]
+                return _render(a, op, b, shown, result), str(result)
+        return _render(a, op, b, steps, result), str(result)

@@ -3,6 +3,11 @@
 Tasks are generated procedurally from a seed, so the same seed gives the same
 data on every machine and nothing is downloaded. Everything in an Example is
 plain Python (str / int / list / dict) so it survives JSONL and grain.
+
+Splits are by content, not by seed (r1jax.data.provenance): `generate(n, seed=..., split='train')` returns the
+first n problems of the seeded stream whose canonical key (`split_key`) hashes into that split, so a problem is
+in the same split whichever seed or stage draws it. `split=None` is the whole problem space, for tools and tests
+that look at the task itself; every training and evaluation caller names a split.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import re
 from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any, Protocol
+
+from r1jax.data import provenance
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +62,11 @@ class Task(Protocol):
 
     name: str
 
-    def generate(self, n: int, *, seed: int, difficulty: int | None = None) -> list[Example]: ...
+    def generate(
+        self, n: int, *, seed: int, difficulty: int | None = None, split: str | None = None
+    ) -> list[Example]: ...
+
+    def split_key(self, example: Example) -> str: ...
 
     def verify(self, predicted_answer: str, example_or_gold: Example | Mapping | str) -> bool: ...
 
@@ -126,3 +137,37 @@ def check_generate_args(
 def check_error_rate(error_rate: float) -> None:
     if not 0.0 <= error_rate <= 1.0:
         raise ValueError(f"error_rate={error_rate} must be in [0, 1]")
+
+
+# ----------------------------------------------------------------------------- content splits
+
+
+def split_key(example: Example) -> str:
+    """The default canonical key of a problem: its normalised question text (tasks may refine it)."""
+    return provenance.normalise_question(example.question)
+
+
+def generate_split(task: Task, n: int, *, seed: int, difficulty: int | None, split: str) -> list[Example]:
+    """The first n examples of `task.generate(m, seed=seed)` (the whole problem space) that fall in `split`.
+
+    Deterministic: m starts at about n / fraction(split) with a margin and doubles until n are found, and the
+    answer is a function of (task, n, seed, difficulty, split) only. Ids are those of the unsplit stream, so
+    they are unique within a split and never shared between splits of one seed. Raises ValueError when the
+    split of a small problem space cannot hold n examples after a generous search.
+    """
+    provenance.check_split(split, f"{task.name}.generate: split")
+    if n == 0:
+        return []
+    m = int(n / provenance.SPLIT_FRACTIONS[split] * 1.2) + 32
+    limit = 64 * m
+    while True:
+        pool = task.generate(m, seed=seed, difficulty=difficulty)
+        out = [e for e in pool if provenance.split_of(task.split_key(e)) == split]
+        if len(out) >= n:
+            return out[:n]
+        if m >= limit:
+            raise ValueError(
+                f"{task.name}.generate: {n} examples of split {split!r} asked for; {len(out)} found in the first "
+                f"{m} of seed {seed} (difficulty {difficulty})"
+            )
+        m *= 2

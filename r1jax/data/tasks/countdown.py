@@ -28,7 +28,8 @@ from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any
 
-from r1jax.data.tasks.base import Example, as_random, check_error_rate, check_generate_args
+from r1jax.data.provenance import normalise_question
+from r1jax.data.tasks.base import Example, as_random, check_error_rate, check_generate_args, generate_split
 
 MAX_DIFFICULTY = 5
 _SIZES = {1: (3, 20), 2: (4, 50), 3: (4, 99), 4: (5, 99), 5: (6, 99)}
@@ -213,6 +214,11 @@ def _combine(rng: random.Random, a, b):
     return [op, x, y]
 
 
+def question_text(numbers: list[int], target: int) -> str:
+    """The question for a Countdown instance (also used for TinyZero-format rows in r1jax.data.formats)."""
+    return f"Using the numbers {numbers}, make {target} with + - * /, each number at most once."
+
+
 def parse_question(question: str) -> tuple[list[int], int] | None:
     m = _QUESTION_RE.search(question)
     if m is None:
@@ -231,7 +237,12 @@ class CountdownTask:
         self.require_all = require_all
         self.max_target = max_target
 
-    def generate(self, n: int, *, seed: int, difficulty: int | None = None) -> list[Example]:
+    def generate(
+        self, n: int, *, seed: int, difficulty: int | None = None, split: str | None = None
+    ) -> list[Example]:
+        """n instances from the seeded stream; with `split`, only those of that content split (by `split_key`)."""
+        if split is not None:
+            return generate_split(self, n, seed=seed, difficulty=difficulty, split=split)
         d = self.default_difficulty if difficulty is None else difficulty
         check_generate_args(self.name, n, seed, d, MAX_DIFFICULTY)
         rng = random.Random(f"{self.name}/{seed}/{d}")
@@ -253,7 +264,7 @@ class CountdownTask:
             out.append(
                 Example(
                     id=f"countdown-{seed}-{i}" if d == 1 else f"countdown{d}-{seed}-{i}",
-                    question=f"Using the numbers {numbers}, make {target} with + - * /, each number at most once.",
+                    question=question_text(numbers, target),
                     answer=to_text(tree),
                     solution=_render(tree),
                     task=self.name,
@@ -281,6 +292,10 @@ class CountdownTask:
         value, used = evaluate(example_or_gold)
         return used, value
 
+    def split_key(self, example: Example) -> str:
+        """The canonical instance: the given numbers in sorted order and the target (their order is not the problem)."""
+        return normalise_question(question_text(sorted(example.meta["numbers"]), example.meta["target"]))
+
     def verify(self, predicted_answer: str | None, example_or_gold: Example | Mapping | str) -> bool:
         """True iff the prediction is an expression over the given numbers (each at most once) equal to the target.
 
@@ -306,7 +321,9 @@ class CountdownTask:
             return False
         if Counter(used) - Counter(numbers):  # a number not given, or used more often than given
             return False
-        if self.require_all and Counter(used) != Counter(numbers):
+        meta = example_or_gold.get("meta") or {} if isinstance(example_or_gold, Mapping) else {}
+        require_all = meta.get("require_all", self.require_all)  # a record may carry its set's rule (TinyZero's)
+        if require_all and Counter(used) != Counter(numbers):
             return False
         return value == target
 

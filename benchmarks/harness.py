@@ -1,0 +1,157 @@
+"""Measuring rules shared by the side-by-side benchmarks, so that a ratio measures the code and not the machine.
+
+A benchmark that compares two programs on a shared CPU can be bent by other work on the machine: torch's
+thread pool suffers from contention far more than XLA's, so a run at load average 8 on 2 cores once showed a
+9× ratio that an idle machine turned into 1×. Every side-by-side benchmark therefore:
+
+  pins threads    `pin_threads(n)` restricts this process (and so every subprocess it starts) to the first `n`
+                  CPUs with `sched_setaffinity`; XLA sizes its CPU thread pool from the schedulable CPUs, and
+                  the torch side calls `torch.set_num_threads(n)` with OMP/MKL_NUM_THREADS=n (`torch_env(n)`).
+                  At n = 1 XLA's Eigen pool is also switched off (XLA_FLAGS --xla_cpu_multi_thread_eigen=false
+                  intra_op_parallelism_threads=1). Must run before jax is imported.
+  records load    `LoadMonitor` samples `os.getloadavg()` before, during (every few seconds) and after. A run is
+                  flagged `loaded` when the 1-minute load average before it exceeded half the CPUs, or when
+                  during it the load beyond the benchmark's own pinned threads did.
+  interleaves     `interleave(fns, repeats)` runs A, B, A, B, ... so that any drift in load hits both alike.
+  reports spread  `spread(xs)`: median with min, max and the interquartile range; `table(...)` prints them with
+                  the load flag.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import threading
+
+LOADED_FRACTION = 0.5  # 1-min load average above this share of the CPUs marks a run as taken on a loaded machine
+
+
+def pin_threads(n: int) -> dict:
+    """Restricts this process (and its children) to the first `n` allowed CPUs; returns the thread settings.
+
+    Call before `import jax`: XLA reads the schedulable CPU count and XLA_FLAGS when its CPU client starts.
+    """
+    if "jax" in sys.modules:
+        raise RuntimeError("pin_threads must run before jax is imported (XLA sizes its thread pool once)")
+    allowed = sorted(os.sched_getaffinity(0))
+    if not 1 <= n <= len(allowed):
+        raise ValueError(f"threads={n}: must be between 1 and the {len(allowed)} CPUs this process may use")
+    cpus = allowed[:n]
+    os.sched_setaffinity(0, cpus)
+    if n == 1:
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1".strip()
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)
+    return thread_settings()
+
+
+def thread_settings() -> dict:
+    """What this process (and a subprocess it starts) will run with."""
+    return {
+        "cpus_total": os.cpu_count(),
+        "cpu_affinity": sorted(os.sched_getaffinity(0)),
+        "threads": len(os.sched_getaffinity(0)),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "pinning": "sched_setaffinity (inherited by subprocesses) + torch.set_num_threads / OMP_NUM_THREADS",
+    }
+
+
+def torch_env(n: int) -> dict:
+    """Environment for a torch subprocess pinned to `n` threads (it still must call torch.set_num_threads(n))."""
+    return dict(os.environ, OMP_NUM_THREADS=str(n), MKL_NUM_THREADS=str(n), CUDA_VISIBLE_DEVICES="")
+
+
+class LoadMonitor:
+    """Samples the 1-minute load average in a background thread; `record()` says whether the machine was loaded.
+
+    `own_threads` is the number of busy threads the benchmark itself adds to the load average; only the load
+    beyond it counts against a run while it is going on.
+    """
+
+    def __init__(self, own_threads: int, every_s: float = 5.0):
+        self.own_threads = own_threads
+        self.every_s = every_s
+        self.cpus = os.cpu_count() or 1
+        self.before = os.getloadavg()
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(self.every_s):
+            self.samples.append(os.getloadavg()[0])
+
+    def record(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        after = os.getloadavg()
+        during = max(self.samples + [after[0]])
+        limit = LOADED_FRACTION * self.cpus
+        loaded = self.before[0] > limit or during - self.own_threads > limit
+        return {
+            "before": list(self.before),
+            "after": list(after),
+            "max_1min_during": during,
+            "samples_1min": self.samples,
+            "cpus": self.cpus,
+            "own_threads": self.own_threads,
+            "loaded": loaded,
+            "rule": f"loaded if 1-min load before > {LOADED_FRACTION} x cpus, or during minus own threads > that",
+        }
+
+
+def interleave(fns: dict, repeats: int) -> dict:
+    """Calls each fn in turn, `repeats` rounds (A, B, A, B, ...); each call returns one time or a list of times."""
+    out = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            got = fn()
+            out[name].extend(got if isinstance(got, (list, tuple)) else [got])
+    return out
+
+
+def spread(xs) -> dict:
+    """Median with min, max and interquartile range of a list of measurements."""
+    xs = sorted(float(x) for x in xs)
+    if not xs:
+        raise ValueError("spread of no measurements")
+    q = statistics.quantiles(xs, n=4, method="inclusive") if len(xs) > 1 else [xs[0]] * 3
+    return {"median": statistics.median(xs), "min": xs[0], "max": xs[-1], "q1": q[0], "q3": q[2], "n": len(xs)}
+
+
+def loaded_banner(load: dict) -> str:
+    if not load["loaded"]:
+        return f"load: idle enough (1-min {load['before'][0]:.2f} before, {load['max_1min_during']:.2f} max during)"
+    return (
+        f"LOADED MACHINE: 1-min load {load['before'][0]:.2f} before, {load['max_1min_during']:.2f} max during, on "
+        f"{load['cpus']} CPUs; these figures measure the load as much as the code: rerun on an idle machine"
+    )
+
+
+def table(rows: dict, unit: str, load: dict) -> str:
+    """A printed table: one row per side, median [min, max] (IQR) of its measurements, then the load line."""
+    lines = [f"{'':24s} {'median':>10s} {'min':>10s} {'max':>10s} {'q1':>10s} {'q3':>10s} {'n':>4s}  ({unit})"]
+    for name, s in rows.items():
+        lines.append(
+            f"{name:24s} {s['median']:10.4g} {s['min']:10.4g} {s['max']:10.4g} {s['q1']:10.4g} {s['q3']:10.4g} "
+            f"{s['n']:4d}"
+        )
+    lines.append(loaded_banner(load))
+    return "\n".join(lines)
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process (VmHWM), MiB.
+
+    Not `ru_maxrss`: Linux carries a parent's peak into a child across fork + exec, so a subprocess started by a
+    big process would report at least the parent's size; VmHWM belongs to the address space, which exec replaces.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
