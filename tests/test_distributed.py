@@ -382,7 +382,7 @@ def test_grpo_two_processes_match_one_and_survive_preemption(tmp_path, tiny_base
 # uninterrupted run ends (every trainer goes through r1jax.trainers.loop's one preemption path)
 
 
-LOOP_STEPS, LOOP_LR, LOOP_MOMENTUM = 6, 0.5, 0.5
+LOOP_STEPS, LOOP_LR, LOOP_MOMENTUM = 12, 0.5, 0.5
 
 
 def _loop_batch(i: int) -> np.ndarray:
@@ -457,7 +457,7 @@ def _loop_worker(workdir: str, notice_at: int) -> None:
             state, m = step_fn(state, dist.global_batch(next(data_it), rows))
             if jax.process_index() == 1 and s == notice_at:
                 os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(0.5)  # the notice reaches the coordination service before this step's check
+                time.sleep(2.0)  # the notice reaches the coordination service before this step's check
             loop.end_step(s, state, m, data_it.get_state)
     out = {"start": loop.start_step, "preempted": loop.preempted, "step": loop.step, "w": dist.fetch(state.params)["w"]}
     with open(os.path.join(workdir, f"loop.{jax.process_index()}.{notice_at}.json"), "w") as f:
