@@ -19,6 +19,16 @@ The first `--warmup` steps (compilation) are excluded; medians over `--steps` st
 is a stage-0 export (`--base DIR`; default: `experiments/pretrain.py:runlocal` is trained into a temp dir first),
 so completions stop at EOS as in a real run. The headline `ratio` is the slowest phase's share of the step.
 
+Each device phase is also set against its roofline, measured in the same run: the f32 matmul ceiling (best of 5
+n×n matmuls, n = 1024) and the copy bandwidth (a 256 MiB array read and written). A phase's roofline time is
+max(FLOPs / ceiling, bytes / bandwidth), and its fraction is roofline time / measured time:
+
+  update, logps   FLOPs and bytes accessed from XLA's cost analysis of the compiled step / forward
+  sample          prefill 2·N·P·Tp FLOPs at the ceiling, then, per decode step of the static batch (as many steps
+                  as the longest completion), max(2·N·B FLOPs + attention, bytes of weights + the KV read) — the
+                  decode loop's own cost analysis counts a while-loop body once, so it is not used
+Host phases (decode, reward, advantages) are reported as shares of the step only.
+
     python benchmarks/rl_step_breakdown.py --json /tmp/rl_breakdown.json [--base /tmp/stage0/model]
 """
 
@@ -56,6 +66,7 @@ def parse_args():
 
 def main():
     args = parse_args()
+    ceiling, bandwidth = matmul_ceiling(), copy_bandwidth()
     with tempfile.TemporaryDirectory() as tmp:
         base = args.base
         if base is None:
@@ -77,7 +88,7 @@ def main():
         sample_cfg = rollouts.sampler_config(c, tokenizer)
         grpo_step = rollouts.make_grpo_step(c, graphdef, optimizer, mesh, state_sh)
         base_rng = jax.random.wrap_key_data(jax.device_get(state.rng))
-        rows, lengths = [], []
+        rows, lengths, decode_steps = [], [], []
         for step in range(args.warmup + args.steps):
             t0 = time.perf_counter()
             records = next(data_it)
@@ -118,7 +129,13 @@ def main():
             if step >= args.warmup:
                 rows.append(t)
                 lengths.append(float(summary.lengths_b.mean()))
+                decode_steps.append(int(np.asarray(rollout.completion_tokens_bt).shape[1]))
         reward_fn.close()
+        roofline = {
+            "update": compiled_roofline(grpo_step.train_step, (state, batch), ceiling, bandwidth),
+            "logps_one_pass": compiled_roofline(grpo_step.logps, (state.params, batch), ceiling, bandwidth),
+            "sample": sample_roofline(model.cfg, rollout, decode_steps, ceiling, bandwidth),
+        }
 
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     phases = {
@@ -142,6 +159,13 @@ def main():
         print(f"| {k} | {1e3 * v:.1f} | {v / total:.0%} |")
     print(f"| step | {1e3 * total:.1f} | 100% |")
     print(f"(one log-prob pass, as μ > 1 or β > 0 would add each: {1e3 * med['logps_one_pass']:.1f} ms)")
+    print(f"\nroofline: f32 matmul ceiling {ceiling / 1e9:.1f} GFLOP/s, copy bandwidth {bandwidth / 1e9:.2f} GB/s")
+    print("| device phase | measured ms | roofline ms | bound | fraction |\n|---|---|---|---|---|")
+    fractions = {}
+    for name, key in (("sample", "sample"), ("update", "update"), ("one log-prob pass", "logps_one_pass")):
+        r = roofline[key]
+        fractions[key] = r["time_s"] / med[key]
+        print(f"| {name} | {1e3 * med[key]:.1f} | {1e3 * r['time_s']:.1f} | {r['bound']} | {fractions[key]:.0%} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
@@ -151,6 +175,10 @@ def main():
                     "phases_s": phases,
                     "step_s": total,
                     "logps_one_pass_s": med["logps_one_pass"],
+                    "roofline": roofline,
+                    "roofline_fraction": fractions,
+                    "matmul_ceiling_gflop_s": ceiling / 1e9,
+                    "copy_bandwidth_gb_s": bandwidth / 1e9,
                     "per_step": rows,
                     "completion_len_mean": lengths,
                     "settings": {
@@ -170,6 +198,60 @@ def main():
                 f,
                 indent=2,
             )
+
+
+def best_time(repeats, fn, *a) -> float:
+    jax.block_until_ready(fn(*a))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*a))
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def matmul_ceiling(n: int = 1024) -> float:
+    """FLOP/s of an n×n f32 matmul, best of 5."""
+    x = jnp.ones((n, n), jnp.float32)
+    return 2 * n**3 / best_time(5, jax.jit(lambda a: a @ a), x)
+
+
+def copy_bandwidth() -> float:
+    """Bytes/s of a 256 MiB f32 array read and written once, best of 5."""
+    big = jnp.ones((64 * 2**20,), jnp.float32)
+    return 2 * big.nbytes / best_time(5, jax.jit(lambda a: a + 1.0), big)
+
+
+def compiled_roofline(fn, args, ceiling, bandwidth) -> dict:
+    """max(FLOPs / ceiling, bytes accessed / bandwidth) from XLA's cost analysis of `fn` compiled for `args`."""
+    cost = fn.lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops, nbytes = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+    compute, memory = flops / ceiling, nbytes / bandwidth
+    return {"flops": flops, "bytes": nbytes, "time_s": max(compute, memory),
+            "bound": "compute" if compute >= memory else "memory"}
+
+
+def sample_roofline(cfg, rollout, decode_steps, ceiling, bandwidth) -> dict:
+    """The static sampler's roofline for the median step: prefill of the P prompts once (compute), then
+    `decode_steps` decode steps of all B rows, each max(compute, weights + KV read)."""
+    p, tp = np.asarray(rollout.prompt_tokens_pt).shape
+    b = np.asarray(rollout.completion_tokens_bt).shape[0]
+    steps = int(statistics.median(decode_steps))
+    n = cfg.num_params()
+    itemsize = np.dtype(cfg.param_dtype).itemsize
+    kv_per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * np.dtype(cfg.dtype).itemsize
+    attn_per_token = 4 * cfg.num_layers * cfg.num_heads * cfg.head_dim  # q·k and p·v, per context position
+    prefill = (2 * n * p * tp + attn_per_token * p * tp * tp / 2) / ceiling
+    decode, bound_compute = 0.0, 0
+    for t in range(steps):
+        ctx = tp + t
+        compute = (2 * n * b + attn_per_token * b * ctx) / ceiling
+        memory = (n * itemsize + b * ctx * kv_per_token) / bandwidth
+        decode += max(compute, memory)
+        bound_compute += compute >= memory
+    return {"prefill_s": prefill, "decode_s": decode, "decode_steps": steps, "time_s": prefill + decode,
+            "bound": "compute" if bound_compute > steps / 2 else "memory"}
 
 
 if __name__ == "__main__":

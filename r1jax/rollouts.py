@@ -15,6 +15,8 @@ so each exists once. `rl.group_size` (the paper's G) is handed to the sampler's 
 
 from __future__ import annotations
 
+import base64
+import collections
 import dataclasses
 import functools
 import time
@@ -282,13 +284,14 @@ def add_policy_logps(batch, logps_fn, params, ref_params, *, mu: int, beta: floa
     return {**batch, **extra}
 
 
-def step_metrics(m, reward_stats: dict, summary: BatchSummary, num_rounds: int, times: dict) -> dict:
+def step_metrics(m, reward_stats: dict, summary: BatchSummary, num_rounds: int, seconds: dict) -> dict:
     """One RL step's flat metrics: the last update's (`rl/…`, `train/…`), reward statistics, the batch's rewards
-    and lengths, and where the time went (`times`: t0, sampled, rewarded, logps, trained, from time.perf_counter)."""
+    and lengths, and where the time went (`seconds`: step, sample, reward, logps, train; with rollouts sampled
+    ahead, sample and reward are the next rollouts', which ran while the update did)."""
     rewards_pg, valid_pg, lengths, truncated = summary
     m = dict(jax.device_get(m))
     m.update(reward_stats)
-    t = times
+    s = seconds
     m.update({
         "rl/reward_mean": float(rewards_pg[valid_pg].mean()) if valid_pg.any() else float("nan"),
         "rl/reward_std": float(rewards_pg[valid_pg].std()) if valid_pg.any() else float("nan"),
@@ -297,12 +300,12 @@ def step_metrics(m, reward_stats: dict, summary: BatchSummary, num_rounds: int, 
         "rl/completion_length_max": float(lengths.max()),
         "rl/truncated_fraction": float(truncated.mean()),
         "rl/sampling_rounds": float(num_rounds),
-        "perf/step_time_s": t["trained"] - t["t0"],
-        "perf/sample_time_s": t["sampled"] - t["t0"],
-        "perf/reward_time_s": t["rewarded"] - t["sampled"],
-        "perf/logps_time_s": t["logps"] - t["rewarded"],  # host batch assembly + old / reference log-probs
-        "perf/train_time_s": t["trained"] - t["logps"],
-        "perf/tokens_per_s": int(lengths.sum()) / max(t["trained"] - t["t0"], 1e-9),
+        "perf/step_time_s": s["step"],
+        "perf/sample_time_s": s["sample"],
+        "perf/reward_time_s": s["reward"],
+        "perf/logps_time_s": s["logps"],  # host batch assembly + old / reference log-probs
+        "perf/train_time_s": s["train"],
+        "perf/tokens_per_s": int(lengths.sum()) / max(s["step"], 1e-9),
     })
     return m
 
@@ -364,6 +367,11 @@ class GRPOStep(NamedTuple):
     logps: Any
     batch_shardings: dict
 
+    @property
+    def mesh(self):
+        """The trainer's mesh."""
+        return self.batch_shardings["advantages_b"].mesh
+
 
 def make_grpo_step(c, graphdef, optimizer, mesh, state_shardings) -> GRPOStep:
     """The GRPO train step and log-prob function of config `c`, each jitted once with explicit shardings."""
@@ -372,8 +380,10 @@ def make_grpo_step(c, graphdef, optimizer, mesh, state_shardings) -> GRPOStep:
         "tokens_bs": rows, "mask_bs": rows, "completion_bt": rows, "loss_mask_bt": rows,
         "advantages_b": sharding.batch_sharding(mesh, 1), "grad_scale": sharding.replicated(mesh),
     }
-    if c.rl.sampler_is_correction or c.rl.off_policy_mask_threshold < float("inf"):
-        # the sampler's log-probs, read by these options; the step then also logs rl/sampler/* (mismatch, weights)
+    rl = c.rl
+    if rl.sampler_is_correction or rl.off_policy_mask_threshold < float("inf") or rl.max_staleness or rl.sampler_dtype:
+        # the sampler's log-probs, read by these options; the step then also logs rl/sampler/* (mismatch, weights).
+        # Stale or lower-precision rollouts log the mismatch whether or not a correction uses it.
         batch_shardings["sampler_logps_bt"] = rows
     if c.rl.mu > 1:
         batch_shardings["old_logps_bt"] = rows
@@ -386,3 +396,156 @@ def make_grpo_step(c, graphdef, optimizer, mesh, state_shardings) -> GRPOStep:
     )
     logps = jax.jit(functools.partial(completion_logps, graphdef, **device_kw), out_shardings=rows)
     return GRPOStep(step, logps, batch_shardings)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Asynchronous rollouts: sampling ahead of the trainer, with parameters at most `rl.max_staleness` updates old
+
+
+@dataclasses.dataclass
+class SamplerPlacement:
+    """Where and in what precision the sampler reads the trainer's parameters.
+
+    `__call__(params)` gives the parameters the sampler uses: the trainer's own arrays when nothing differs and
+    nothing runs concurrently (synchronous, shared devices: no copy, the trainer's numbers bit for bit); otherwise
+    a copy (cast to `dtype`, placed on the sampler's devices with `shardings`), which an update that donates the
+    trainer's buffers cannot invalidate while the sampler still reads it.
+    """
+
+    graphdef: Any  # the sampler's model definition (compute dtype = `dtype`)
+    mesh: Any  # the sampler's mesh: the trainer's, or its own devices (rl.sampler_devices)
+    shardings: Any = None  # the sampler's parameter shardings on its own mesh; None = where the trainer keeps them
+    dtype: Any = None  # cast parameters to this dtype; None = as trained
+    copy: bool = False
+
+    def __call__(self, params):
+        if not self.copy:
+            return params
+        if self.dtype is not None:
+            params = jax.tree.map(lambda x: x.astype(self.dtype), params)
+        elif self.shardings is None:
+            params = jax.tree.map(jnp.copy, params)
+        params = params if self.shardings is None else jax.device_put(params, self.shardings)
+        return jax.block_until_ready(params)  # copied before an update donates the trainer's buffers
+
+
+def sampler_placement(c, model, graphdef, mesh, param_state) -> SamplerPlacement:
+    """The sampler's placement from a GRPO config: `rl.sampler_devices` > 0 puts it on the last N devices (a
+    data-parallel mesh of its own; the trainer's `mesh` holds the others), `rl.sampler_dtype` sets its precision,
+    and `rl.max_staleness` > 0 (sampling while the trainer updates) needs a copy even on shared devices.
+    `graphdef` is the trainer's; `param_state`: the model's NNX state, whose logical axes shard the parameters on
+    the sampler's mesh."""
+    rl = c.rl
+    dtype = jnp.dtype(rl.sampler_dtype) if rl.sampler_dtype else None
+    if dtype == jnp.dtype(model.cfg.param_dtype) and dtype == jnp.dtype(model.cfg.dtype):
+        dtype = None
+    if dtype is not None:
+        cfg = dataclasses.replace(model.cfg, dtype=str(dtype), param_dtype=str(dtype))
+        graphdef = nnx.split(nnx.eval_shape(lambda: type(model)(cfg, rngs=nnx.Rngs(params=0))))[0]
+    if rl.sampler_devices:
+        sampler_mesh = sharding.make_mesh((-1, 1, 1), devices=jax.devices()[-rl.sampler_devices :])
+        shardings = sharding.param_shardings(param_state, sampler_mesh)
+        return SamplerPlacement(graphdef, sampler_mesh, shardings, dtype, copy=True)
+    return SamplerPlacement(graphdef, mesh, None, dtype, copy=dtype is not None or rl.max_staleness > 0)
+
+
+class Pending(NamedTuple):
+    """Rollouts of one RL step, sampled and scored ahead of it: `version` = how many steps had updated the
+    parameters they were sampled with (the step that trains on them has `step - 1` behind it)."""
+
+    step: int
+    version: int
+    rounds: list
+    reward_stats: dict
+    sample_s: float  # wall time of sampling, and of the rewards after it
+    reward_s: float
+
+
+def draw_pending(sampler: PromptSampler, params, rng, rl, *, step: int = 0, version: int = 0) -> Pending:
+    """Sampled and scored rollouts of RL step `step` (the trainer gives step t the key `fold_in(base_rng, t - 1)`
+    whenever it is drawn, so a step's samples depend on its number and the parameters, never on when they were
+    drawn); `rl`: the config's rl fields (dynamic sampling)."""
+    t0 = time.perf_counter()
+    rounds, reward_stats, t_sampled = sample_rounds(
+        sampler, params, rng, dynamic_sampling=rl.dynamic_sampling, max_resample_rounds=rl.max_resample_rounds
+    )
+    now = time.perf_counter()
+    return Pending(step, version, rounds, reward_stats, t_sampled - t0, now - t_sampled)
+
+
+_PENDING_KEY = "pending_rollouts"
+_ROLLOUT_ARRAYS = [f.name for f in dataclasses.fields(sampling.Rollout) if f.name != "logps_kind"]
+
+
+def _np_b64(x) -> dict:
+    x = np.asarray(x)
+    return {"dtype": x.dtype.str, "shape": list(x.shape), "b64": base64.b64encode(x.tobytes()).decode()}
+
+
+def _b64_np(d) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(d["b64"]), dtype=np.dtype(d["dtype"])).reshape(d["shape"]).copy()
+
+
+def _encode_pending(p: Pending) -> dict:
+    rounds = [
+        {
+            "records": r.records,
+            "rollout": {k: _np_b64(getattr(r.rollout, k)) for k in _ROLLOUT_ARRAYS},
+            "logps_kind": r.rollout.logps_kind,
+            "rewards_pg": _np_b64(r.rewards_pg),
+            "valid_pg": _np_b64(r.valid_pg),
+        }
+        for r in p.rounds
+    ]
+    stats = {k: float(v) for k, v in p.reward_stats.items()}
+    return {"step": p.step, "version": p.version, "rounds": rounds, "reward_stats": stats,
+            "sample_s": p.sample_s, "reward_s": p.reward_s}
+
+
+def _decode_pending(d: dict) -> Pending:
+    rounds = [
+        Round(
+            r["records"],
+            sampling.Rollout(**{k: _b64_np(v) for k, v in r["rollout"].items()}, logps_kind=r["logps_kind"]),
+            _b64_np(r["rewards_pg"]),
+            _b64_np(r["valid_pg"]),
+        )
+        for r in d["rounds"]
+    ]
+    return Pending(d["step"], d["version"], rounds, d["reward_stats"], d["sample_s"], d["reward_s"])
+
+
+class RolloutQueue:
+    """The prompt iterator and the rollouts already sampled from it for later steps, checkpointed together.
+
+    `get_state` / `set_state` are the TrainLoop's data state: the iterator's position plus, when rollouts are
+    waiting (rl.max_staleness > 0), their tokens, sampler log-probs, rewards and records (exact bytes, base64), so
+    that a resumed run trains on the very rollouts an uninterrupted one would have, without the older parameters
+    that sampled them. With nothing waiting (the synchronous trainer) the state is the iterator's alone.
+    """
+
+    def __init__(self, data_it):
+        self.data_it = data_it
+        self.pending: collections.deque[Pending] = collections.deque()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self.data_it)
+
+    @property
+    def last_step(self) -> int:
+        """The newest step whose rollouts are waiting (0 when none)."""
+        return self.pending[-1].step if self.pending else 0
+
+    def get_state(self) -> dict:
+        state = dict(self.data_it.get_state())
+        if self.pending:
+            state[_PENDING_KEY] = [_encode_pending(p) for p in self.pending]
+        return state
+
+    def set_state(self, state: dict) -> None:
+        state = dict(state)
+        self.pending = collections.deque(_decode_pending(p) for p in state.pop(_PENDING_KEY, []))
+        self.data_it.set_state(state)

@@ -50,10 +50,12 @@ def resolve_mesh_shape(shape, num_devices: int | None = None) -> tuple[int, int,
     return shape
 
 
-def make_mesh(shape=(-1, 1, 1)) -> Mesh:
-    """An Auto-axis mesh (shardings are propagated by the compiler from our explicit in/out shardings)."""
-    shape = resolve_mesh_shape(shape)
-    devices = np.asarray(jax.devices()).reshape(shape)
+def make_mesh(shape=(-1, 1, 1), devices=None) -> Mesh:
+    """An Auto-axis mesh (shardings are propagated by the compiler from our explicit in/out shardings) over
+    `devices` (default: all of them)."""
+    devices = jax.devices() if devices is None else list(devices)
+    shape = resolve_mesh_shape(shape, len(devices))
+    devices = np.asarray(devices).reshape(shape)
     return Mesh(devices, MESH_AXES)
 
 

@@ -479,3 +479,24 @@ def test_greedy_equals_transformers_generate(case):
     # Both prompts in one left-padded batch: padding must not change a prompt's continuation.
     got = sampling.generate(model, prompts, max_new_tokens=golden["generate_ids_pn"].shape[1])
     assert [rows[0] for rows in got] == golden["generate_ids_pn"].tolist()
+
+
+def test_rejection_sampling_continuous_scheduler_draws_the_static_samples(tiny_base_model, tmp_path):
+    """Rejection sampling passes sampling.scheduler / num_slots to the sampler; a sample's tokens depend only on its
+    key and index, so the continuous scheduler writes exactly the static scheduler's samples."""
+    from r1jax.trainers import rejection_sampling
+
+    c = rejection_sampling.rejection_sampling_config()
+    c.model.checkpoint = tiny_base_model
+    c.template = "short"
+    c.sampling.update(num_samples=2, prompts_per_batch=4, max_new_tokens=12, max_prompt_len=64)
+    records = rejection_sampling.load_prompt_records(c)[:6]  # two chunks, the second one padded
+    static = rejection_sampling.sample_all(c, records, str(tmp_path / "static"))
+    c.sampling.update(scheduler="continuous", num_slots=4)
+    rejection_sampling.validate(c)
+    continuous = rejection_sampling.sample_all(c, records, str(tmp_path / "continuous"))
+    assert len(static) == 12 and static == continuous
+    assert len({s["response"] for s in static}) > 1  # sampled, not one repeated string
+    c.sampling.scheduler = "static"
+    with pytest.raises(ValueError, match=r"sampling.num_slots=4: must be >= 0, and 0 unless"):
+        rejection_sampling.validate(c)

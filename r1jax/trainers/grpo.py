@@ -9,17 +9,28 @@ One step, top to bottom (paper section 2.2.1, eq. 1-3):
       ─► μ × train_step: policy loss (clip / CISPO / SAPO; sampler importance       state
          corrections, off-policy and entropy masks), k3 KL, aggregation, AdamW
 
-`rl_step` is these five lines; its pieces live in r1jax/rollouts.py (sampling rounds, group selection, the step
-builder) and the loop around it (restore, preemption, metrics, checkpoint cadence, export) is r1jax/trainers/loop.py.
-Device work is jitted once with explicit shardings over the ('data', 'fsdp', 'tensor') mesh; the host touches
-text and rewards once per step. Checkpoints hold params, optimizer state, rng, step and the data iterator.
+`rl_step` is these lines (`draw_pending`, then `learn_step`); their pieces live in r1jax/rollouts.py (sampling
+rounds, group selection, the step builder) and the loop around them (restore, preemption, metrics, checkpoint
+cadence, export) is r1jax/trainers/loop.py. Device work is jitted once with explicit shardings over the
+('data', 'fsdp', 'tensor') mesh; the host touches text and rewards once per step. Checkpoints hold params,
+optimizer state, rng, step and the data iterator.
+
+Asynchronous rollouts (`rl.max_staleness` = s > 0): step t trains on rollouts sampled with the parameters after
+max(0, t − 1 − s) updates; while its updates run on the devices, the host samples and scores step t + s with
+the current parameters (a copy; on `rl.sampler_devices` of their own, or on the trainer's). Nothing runs in a
+second thread: the overlap is JAX's asynchronous dispatch, so every process issues the same programs in the same
+order. Step t's key is fold_in(rng, t − 1) whenever it is drawn, and the rollouts waiting for later steps are
+checkpointed with the data iterator (rollouts.RolloutQueue): resume is exact. s = 0 is the synchronous trainer.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -48,7 +59,7 @@ from r1jax.trainers.loop import TrainLoop
 # Settings that must match when a run resumes from a checkpoint (the model's shape is checked as well).
 IDENTITY_KEYS = [
     "rl.group_size", "rl.prompts_per_step", "model.preset", "model.checkpoint", "data.task", "data.train_files",
-    "data.difficulty", "data.train_seed", "seed",
+    "data.difficulty", "data.train_seed", "seed", "rl.max_staleness", "rl.sampler_devices", "rl.sampler_dtype",
 ]
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -56,23 +67,30 @@ IDENTITY_KEYS = [
 
 
 def rl_step(c, state, ref_params, sampler: rollouts.PromptSampler, grpo_step: rollouts.GRPOStep, rng, grad_scale):
-    """One GRPO step: rollout → reward → advantage → log-probs → μ updates. Returns (state, records, metrics)."""
+    """One synchronous GRPO step: rollout → reward → advantage → log-probs → μ updates. Returns (state, records,
+    metrics)."""
+    t0 = time.perf_counter()
+    pending = rollouts.draw_pending(sampler, state.params, rng, c.rl)  # rollout and reward (DAPO: more rounds)
+    return learn_step(c, state, ref_params, pending, grpo_step, grad_scale, t0=t0)
+
+
+def learn_step(c, state, ref_params, pending: rollouts.Pending, grpo_step, grad_scale, *, t0, meanwhile=None):
+    """advantage → log-probs → μ updates on rollouts already sampled and scored; `meanwhile()` runs on the host
+    while the updates run on the devices (the next rollouts, rl.max_staleness > 0) and returns its Pending."""
     rl = c.rl
-    t = {"t0": time.perf_counter()}
-    rounds, reward_stats, t["sampled"] = rollouts.sample_rounds(  # rollout and reward (DAPO: more rounds)
-        sampler, state.params, rng, dynamic_sampling=rl.dynamic_sampling, max_resample_rounds=rl.max_resample_rounds
-    )
-    t["rewarded"] = time.perf_counter()
+    t1 = time.perf_counter()
     records, batch, summary = rollouts.assemble_batch(  # group advantages over every process's rewards
-        c, rounds, sampler.mesh, grpo_step.batch_shardings, grad_scale=grad_scale
+        c, pending.rounds, grpo_step.mesh, grpo_step.batch_shardings, grad_scale=grad_scale
     )
     batch = rollouts.add_policy_logps(batch, grpo_step.logps, state.params, ref_params, mu=rl.mu, beta=rl.beta)
-    t["logps"] = time.perf_counter()
+    t2 = time.perf_counter()
     for _ in range(rl.mu):  # μ updates on the same batch: the ratio moves away from 1 after the first
         state, m = grpo_step.train_step(state, batch)
+    drawn = meanwhile() if meanwhile is not None else pending
     jax.block_until_ready(state)
-    t["trained"] = time.perf_counter()
-    return state, records, rollouts.step_metrics(m, reward_stats, summary, len(rounds), t)
+    t3 = time.perf_counter()
+    seconds = {"step": t3 - t0, "sample": drawn.sample_s, "reward": drawn.reward_s, "logps": t2 - t1, "train": t3 - t2}
+    return state, records, rollouts.step_metrics(m, pending.reward_stats, summary, len(pending.rounds), seconds)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -89,18 +107,40 @@ def train(config, workdir: str) -> dict:
         reward_fn.close()  # reward worker processes and threads end with the run, however it ends
 
 
-def _train(config, workdir: str, reward_fn) -> dict:
-    c, rl = config, config.rl
+@dataclasses.dataclass
+class Run:
+    """Everything one GRPO run holds between steps, built by `setup` (restored from WORKDIR when it has a
+    checkpoint): the loop, the state, the sampler and where it reads the parameters, the jitted step."""
+
+    loop: TrainLoop
+    state: Any
+    ref_params: Any
+    sampler: rollouts.PromptSampler
+    placement: rollouts.SamplerPlacement
+    queue: rollouts.RolloutQueue
+    grpo_step: rollouts.GRPOStep
+    evaluator: Any
+    graphdef: Any
+    tokenizer: Any
+    base_rng: Any
+    ledger_path: str
+
+
+def setup(c, workdir: str, reward_fn) -> Run:
+    rl = c.rl
     if model_max_seq_len(c.model) is not None:
         check_context(c, model_max_seq_len(c.model))
     os.makedirs(workdir, exist_ok=True)
-    mesh = sharding.make_mesh(c.mesh.shape)
+    # rl.sampler_devices > 0: the last N devices sample, mesh.shape spreads the trainer over the others
+    mesh = sharding.make_mesh(c.mesh.shape, devices=jax.devices()[: jax.device_count() - rl.sampler_devices])
     train_records, eval_records, task = rollouts.load_splits(c, workdir)  # also writes WORKDIR/data_manifest.jsonl
     model, tokenizer = train_state.build_model(c.model, c.seed, c.tokenizer.path)
     check_context(c, model.cfg.max_seq_len)
 
     optimizer = train_state.make_optimizer(c.optim, rl.num_steps * rl.mu)
+    param_state = train_state.split_model(model)[2]
     graphdef, state, state_shardings = train_state.create_train_state(model, optimizer, mesh, c.seed)
+    placement = rollouts.sampler_placement(c, model, graphdef, mesh, param_state)
     # π_ref is the starting policy, a copy: the step donates `state`, never the reference
     ref_params = jax.tree.map(jnp.copy, state.params) if rl.beta > 0 else None
     # Every process draws the same global batches of P prompts and keeps the rows its devices hold (see
@@ -117,34 +157,61 @@ def _train(config, workdir: str, reward_fn) -> dict:
         max_consecutive_nonfinite=c.optim.max_consecutive_nonfinite, max_time_s=rl.max_time_s,
         stop_after_steps=c.debug.stop_after_steps,
     )
-    state = loop.restore(state, state_shardings, data_it)
+    queue = rollouts.RolloutQueue(data_it)  # rollouts sampled ahead (rl.max_staleness > 0) are checkpointed with it
+    state = loop.restore(state, state_shardings, queue)
     ledger_path = os.path.join(
         workdir, "ledger.jsonl" if jax.process_count() == 1 else f"ledger.{jax.process_index()}.jsonl"
     )
     common.drop_records_after(ledger_path, loop.start_step)  # the prompt ids of steps this run redoes
+    return Run(
+        loop, state, ref_params,
+        rollouts.PromptSampler.from_config(c, placement.graphdef, tokenizer, queue, reward_fn, placement.mesh),
+        placement, queue, rollouts.make_grpo_step(c, graphdef, optimizer, mesh, state_shardings),
+        evals.Evaluator.from_config(c, graphdef, tokenizer, eval_records, task, mesh), graphdef, tokenizer,
+        jax.random.wrap_key_data(jax.device_get(state.rng)), ledger_path,
+    )
 
-    sampler = rollouts.PromptSampler.from_config(c, graphdef, tokenizer, data_it, reward_fn, mesh)
-    grpo_step = rollouts.make_grpo_step(c, graphdef, optimizer, mesh, state_shardings)
-    evaluator = evals.Evaluator.from_config(c, graphdef, tokenizer, eval_records, task, mesh)
-    base_rng = jax.random.wrap_key_data(jax.device_get(state.rng))
+
+def _train(c, workdir: str, reward_fn) -> dict:
+    rl = c.rl
+    run = setup(c, workdir, reward_fn)
+    loop, state, queue = run.loop, run.state, run.queue
     nan_steps = set(int(s) for s in c.debug.inject_nan_steps)
     final_eval = {}
+    lag = rl.max_staleness
+
+    def draw(j, params_s, version):  # step j's rollouts, sampled with the parameters after `version` updates
+        key = jax.random.fold_in(run.base_rng, j - 1)
+        queue.pending.append(rollouts.draw_pending(run.sampler, params_s, key, rl, step=j, version=version))
+        return queue.pending[-1]
+
     with loop:
         for step in loop.steps():
             done = step - 1  # steps finished before this one: the rng and debug.inject_nan_steps count these
-            state, records, m = rl_step(
-                c, state, ref_params, sampler, grpo_step, jax.random.fold_in(base_rng, done),
-                grad_scale=np.nan if done in nan_steps else 1.0,
+            t0 = time.perf_counter()
+            params_s = run.placement(state.params)  # the sampler's view of the parameters after `done` updates
+            # synchronous (lag 0): this step's rollouts now; asynchronous (lag s): steps up to t + s - 1 are waiting
+            # (a fresh run samples them from the initial parameters), and step t + s is sampled while t trains
+            while queue.last_step < min(step + max(lag - 1, 0), rl.num_steps):
+                draw(queue.last_step + 1 if queue.pending else step, params_s, done)
+            pending = queue.pending.popleft()
+            assert pending.step == step, (pending.step, step)
+            ahead = step + lag
+            meanwhile = functools.partial(draw, ahead, params_s, done) if lag and ahead <= rl.num_steps else None
+            state, records, m = learn_step(
+                c, state, run.ref_params, pending, run.grpo_step, grad_scale=np.nan if done in nan_steps else 1.0,
+                t0=t0, meanwhile=meanwhile,
             )
-            with open(ledger_path, "a") as f:
+            m["rl/staleness"] = float(done - pending.version)  # updates between sampling and training
+            with open(run.ledger_path, "a") as f:
                 f.write(json.dumps({"step": step, "ids": [r["id"] for r in records]}) + "\n")
             if c.eval.every and step % c.eval.every == 0 and step < rl.num_steps:
-                m.update(_scalars(evaluator(state.params)))
+                m.update(_scalars(run.evaluator(state.params)))
             if c.debug.step_sleep_s:
                 time.sleep(c.debug.step_sleep_s)
-            loop.end_step(step, state, m, data_it.get_state)
+            loop.end_step(step, state, m, queue.get_state)
         if not loop.preempted:
-            final_eval = evaluator(state.params)
+            final_eval = run.evaluator(state.params)
             loop.write(loop.step, _scalars(final_eval))
     if loop.preempted:
         return {"preempted_at": loop.step, **loop.metrics}
@@ -153,7 +220,7 @@ def _train(config, workdir: str, reward_fn) -> dict:
         os.path.join(workdir, "curves.png"), title="GRPO",
     )
     if c.export:
-        loop.export(graphdef, state.params, tokenizer)
+        loop.export(run.graphdef, state.params, run.tokenizer)
     return {**loop.metrics, **{f"eval/{k}": v for k, v in final_eval.items()}}
 
 

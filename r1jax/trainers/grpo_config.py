@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import ml_collections
 
 from r1jax import grpo, sampling, sharding, train_state
@@ -18,7 +19,8 @@ from r1jax.data import formats, provenance
 from r1jax.models import config_from_hf, get_preset
 from r1jax.trainers.loop import checkpoint_config, validate_checkpoint  # the loop's, as every trainer's
 
-GENERAL_REWARDS = ("helpfulness", "harmlessness")  # reward-model scores of general prompts (paper 2.3.4)
+GENERAL_REWARDS = ("helpfulness", "harmlessness")
+SAMPLER_DTYPES = ("", "float32", "bfloat16", "float16")  # reward-model scores of general prompts (paper 2.3.4)
 
 def rl_config(**overrides) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -51,6 +53,13 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
     c.mask_truncated = False  # drop completions without EOS from the loss
     c.dynamic_sampling = False  # DAPO: drop zero-spread groups, refill from further prompts
     c.max_resample_rounds = 2  # cap on extra sampling rounds per step with dynamic_sampling
+    # Asynchronous rollouts (trainers/grpo.py, rollouts.RolloutQueue): step t trains on rollouts sampled with the
+    # parameters after max(0, t - 1 - s) updates, s = max_staleness, and step t + s is sampled while step t
+    # trains. 0: the synchronous trainer, bit for bit. Waiting rollouts are checkpointed, so resume stays exact.
+    c.max_staleness = 0
+    c.sampler_devices = 0  # > 0: the last N devices sample (their own data-parallel mesh, parameters copied to them
+    # after each update) and mesh.shape covers the rest; 0: sampler and trainer share every device
+    c.sampler_dtype = ""  # '' = the model's; 'bfloat16': rollouts in bf16 (parameters cast on the copy), trainer as is
     c.max_time_s = 0.0  # > 0: stop (save, evaluate, export) once the loop has run this long (wall-time budgets)
     c.update(overrides)
     return c
@@ -185,7 +194,27 @@ def validate(c, num_devices: int | None = None) -> None:
         raise ValueError(f"kernels.implementation={c.kernels.implementation!r}: expected auto | xla | chunked | pallas")
     train_state.validate_optimizer(c.optim)
     validate_checkpoint(c.checkpoint)
-    mesh_shape = sharding.resolve_mesh_shape(c.mesh.shape, num_devices)
+    num_devices = jax.device_count() if num_devices is None else num_devices
+    if rl.max_staleness < 0:
+        raise ValueError(f"rl.max_staleness={rl.max_staleness}: must be >= 0")
+    if rl.sampler_dtype not in SAMPLER_DTYPES:
+        raise ValueError(f"rl.sampler_dtype={rl.sampler_dtype!r}: expected one of {SAMPLER_DTYPES}")
+    if not 0 <= rl.sampler_devices < num_devices:
+        raise ValueError(
+            f"rl.sampler_devices={rl.sampler_devices}: must be in [0, {num_devices}) (the trainer needs a device)"
+        )
+    if rl.sampler_devices:
+        if jax.process_count() > 1:
+            raise ValueError(
+                f"rl.sampler_devices={rl.sampler_devices}: a separate sampler mesh is single-process for now "
+                f"({jax.process_count()} processes); use 0 (shared devices) with rl.max_staleness"
+            )
+        for name, n in (("rl.prompts_per_step", rl.prompts_per_step), ("sampling.num_slots", s.num_slots)):
+            if n % rl.sampler_devices:
+                raise ValueError(
+                    f"{name}={n}: not divisible by the sampler's rl.sampler_devices={rl.sampler_devices}"
+                )
+    mesh_shape = sharding.resolve_mesh_shape(c.mesh.shape, num_devices - rl.sampler_devices)
     dp = mesh_shape[0] * mesh_shape[1]
     batch = rl.prompts_per_step * rl.group_size
     if rl.prompts_per_step % dp:

@@ -66,6 +66,8 @@ def rejection_sampling_config() -> ml_collections.ConfigDict:
     c.sampling.top_p = 0.95
     c.sampling.max_new_tokens = 256
     c.sampling.max_prompt_len = 256
+    c.sampling.scheduler = "static"  # 'continuous': decode slots refilled as samples stop (r1jax.sampling)
+    c.sampling.num_slots = 0  # continuous decode slots (0 = P·M)
     c.rewards = ml_collections.ConfigDict()
     c.rewards.answer_extract = ("answer_tag",)
     c.rewards.format_mode = "strict"
@@ -97,6 +99,12 @@ def validate(c) -> None:
         raise ValueError(f"sampling.num_samples={c.sampling.num_samples}: must be >= 1")
     if c.sampling.prompts_per_batch < 1:
         raise ValueError(f"sampling.prompts_per_batch={c.sampling.prompts_per_batch}: must be >= 1")
+    if c.sampling.scheduler not in sampling.SCHEDULERS:
+        raise ValueError(f"sampling.scheduler={c.sampling.scheduler!r}: expected one of {sampling.SCHEDULERS}")
+    if c.sampling.num_slots < 0 or (c.sampling.num_slots and c.sampling.scheduler != "continuous"):
+        raise ValueError(
+            f"sampling.num_slots={c.sampling.num_slots}: must be >= 0, and 0 unless sampling.scheduler='continuous'"
+        )
     if not 0 <= c.filters.min_language_consistency <= 1:
         raise ValueError(f"filters.min_language_consistency={c.filters.min_language_consistency}: must be in [0, 1]")
     if c.filters.max_paragraph_words < 1:
@@ -238,6 +246,8 @@ def sample_all(c, records: list[dict], workdir: str) -> list[dict]:
             top_p=c.sampling.top_p,
             eos_id=tokenizer.eos_id,
             pad_id=tokenizer.pad_id,
+            scheduler=c.sampling.scheduler,
+            num_slots=c.sampling.num_slots,
         )
         accuracy = make_reward_fn(
             [
