@@ -7,7 +7,8 @@ trainer, each measured by held-out accuracy (test split, 95% bootstrap intervals
     python benchmarks/async_rl.py --experiment bf16 --base /tmp/async/stage0/model --json /tmp/async_bf16.json
 
   staleness   8 CPU devices (XLA's host-platform device count, set here): the last 4 sample, the first 4 train
-              (rl.sampler_devices=4, mesh.shape=(4, 1, 1)); rl.max_staleness 0, 1, 2. The step time is reported as
+              (rl.sampler_devices=4, mesh.shape=(4, 1, 1)); rl.max_staleness 0, 1, 2, and 1 with truncated
+              importance sampling (TIS: w = π_old / π_sampler per token, capped at 2). The step time is reported as
               measured: on 2 CPU cores the 8 devices share the same two cores, so sampling and training cannot
               really run at once here and no speed-up is expected; on an accelerator they would.
   bf16        one device; the sampler in f32 (the reference), in bf16 without a correction (the mismatch is only
@@ -33,17 +34,20 @@ import time
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
 
 
+# truncated importance sampling: token weights π_old / π_sampler capped at 2 (TRL's vllm_importance_sampling_*)
+TIS = ["rl.sampler_is_correction=True", "rl.sampler_is_mode=token_truncate", "rl.sampler_is_clip_max=2.0"]
+
+
 def configurations(experiment: str) -> dict[str, list[str]]:
     if experiment == "staleness":
         split = ["rl.sampler_devices=4", "mesh.shape=(4,1,1)"]
-        return {f"staleness {s}": [*split, f"rl.max_staleness={s}"] for s in (0, 1, 2)}
+        runs = {f"staleness {s}": [*split, f"rl.max_staleness={s}"] for s in (0, 1, 2)}
+        runs["staleness 1 + TIS"] = [*split, "rl.max_staleness=1", *TIS]
+        return runs
     return {
         "f32 sampler": [],
         "bf16 sampler, no correction": ["rl.sampler_dtype=bfloat16"],
-        "bf16 sampler + TIS": [
-            "rl.sampler_dtype=bfloat16", "rl.sampler_is_correction=True", "rl.sampler_is_mode=token_truncate",
-            "rl.sampler_is_clip_max=2.0",
-        ],
+        "bf16 sampler + TIS": ["rl.sampler_dtype=bfloat16", *TIS],
     }
 
 
@@ -54,6 +58,7 @@ def main():
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--workdir", default="/tmp/async_rl")
+    p.add_argument("--only", default="", help="comma-separated configuration names to run (default: all)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     if args.experiment == "staleness":  # before jax is imported
@@ -67,7 +72,10 @@ def main():
 
     results = {"experiment": args.experiment, "devices": jax.device_count(), "steps": args.steps, "seeds": args.seeds,
                "base": args.base, "load_avg_before": os.getloadavg(), "configs": {}}
-    for name, overrides in configurations(args.experiment).items():
+    chosen = configurations(args.experiment)
+    if args.only:
+        chosen = {k: v for k, v in chosen.items() if k in args.only.split(",")}
+    for name, overrides in chosen.items():
         per_seed, step_times, diffs, kls, walls = [], [], [], [], []
         for seed in range(args.seeds):
             workdir = os.path.join(args.workdir, args.experiment, name.replace(" ", "_").replace(",", ""), f"s{seed}")

@@ -190,7 +190,6 @@ def r1jax_config(args, mdir: str, train: str):
     c.template = "plain"
     c.data.task = "arithmetic"  # scores answers; the reward here is language only
     c.data.train_files = (train,)
-    c.data.eval_files = (train,)
     c.rl.group_size, c.rl.prompts_per_step = args.group, args.prompts
     c.rl.num_steps = args.warmup + args.steps
     c.rl.mu, c.rl.beta = 1, args.beta
@@ -200,7 +199,7 @@ def r1jax_config(args, mdir: str, train: str):
     c.rewards.weights = {"language": 1.0}
     c.optim.learning_rate, c.optim.decay, c.optim.b2 = 1e-5, "constant", 0.99
     c.optim.weight_decay, c.optim.grad_clip = 0.0, 1.0
-    c.eval.num_prompts, c.eval.num_samples, c.eval.greedy = args.prompts, 1, False
+    c.eval.num_prompts = 0  # timing only: no held-out evaluation
     c.checkpoint.every, c.checkpoint.async_save = 10**6, False
     c.export = False
     c.lock()

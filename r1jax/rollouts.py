@@ -7,6 +7,10 @@
                                      the mesh (rewards gathered from every process first)
     make_grpo_step                   the jitted train step (explicit shardings, state donated), the log-prob
                                      function and the batch shardings, from the config (`loss_kwargs`)
+    sampler_placement                where the sampler reads the parameters: the trainer's arrays, a copy, a copy
+                                     on devices of its own (rl.sampler_devices), in bf16 (rl.sampler_dtype)
+    draw_pending / RolloutQueue      a step's sampled and scored rollouts, and those waiting ahead of the trainer
+                                     (rl.max_staleness), checkpointed with the prompt iterator
 
 The GRPO trainer (r1jax/trainers/grpo.py), evaluation, rejection sampling, the benchmarks and the tests share these,
 so each exists once. `rl.group_size` (the paper's G) is handed to the sampler's `num_samples` in one place,
@@ -65,6 +69,12 @@ def load_splits(c, workdir: str | None = None):
                                   split=c.eval.split)
         evals = [e.to_dict() for e in generated]
     evals, _ = provenance.dedupe_against(evals, provenance.questions_of(train), what="data.eval_files / eval split")
+    if c.eval.num_prompts and not evals:
+        raise ValueError(
+            f"eval.num_prompts={c.eval.num_prompts}: no evaluation question is left once the training questions are "
+            "removed (data.eval_files repeats data.train_files?); pass held-out questions, or eval.num_prompts=0 "
+            "to train without evaluating"
+        )
     if workdir is not None:
         provenance.record(workdir, provenance.questions_of(train), split="train", role="train", source="rl_prompts")
         provenance.record(workdir, provenance.questions_of(evals[: c.eval.num_prompts]), split=c.eval.split,

@@ -145,6 +145,18 @@ def test_evaluation_files_are_deduplicated_against_training_files(tmp_path, capl
     assert "removed 2 of 4" in caplog.text
 
 
+def test_an_evaluation_file_that_repeats_the_training_file_is_refused(tmp_path):
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"id": f"t{i}", "question": f"What is {i}+1?", "answer": str(i + 1)}) + "\n"
+                             for i in range(4)))
+    c = config_lib.load_config(os.path.join(REPO, "experiments", "r1_zero.py") + ":runlocal")
+    c.data.train_files = c.data.eval_files = (str(train),)
+    with pytest.raises(ValueError, match=r"eval.num_prompts=4: no evaluation question is left"):
+        rollouts.load_splits(c)
+    c.eval.num_prompts = 0  # training without evaluation (the benchmarks): nothing to refuse
+    assert rollouts.load_splits(c)[1] == []
+
+
 def test_eval_split_is_validated_by_name():
     from r1jax.trainers import grpo_config
 

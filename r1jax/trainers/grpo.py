@@ -119,7 +119,7 @@ class Run:
     placement: rollouts.SamplerPlacement
     queue: rollouts.RolloutQueue
     grpo_step: rollouts.GRPOStep
-    evaluator: Any
+    evaluator: Any  # None with eval.num_prompts = 0
     graphdef: Any
     tokenizer: Any
     base_rng: Any
@@ -167,7 +167,8 @@ def setup(c, workdir: str, reward_fn) -> Run:
         loop, state, ref_params,
         rollouts.PromptSampler.from_config(c, placement.graphdef, tokenizer, queue, reward_fn, placement.mesh),
         placement, queue, rollouts.make_grpo_step(c, graphdef, optimizer, mesh, state_shardings),
-        evals.Evaluator.from_config(c, graphdef, tokenizer, eval_records, task, mesh), graphdef, tokenizer,
+        evals.Evaluator.from_config(c, graphdef, tokenizer, eval_records, task, mesh) if c.eval.num_prompts else None,
+        graphdef, tokenizer,
         jax.random.wrap_key_data(jax.device_get(state.rng)), ledger_path,
     )
 
@@ -205,12 +206,12 @@ def _train(c, workdir: str, reward_fn) -> dict:
             m["rl/staleness"] = float(done - pending.version)  # updates between sampling and training
             with open(run.ledger_path, "a") as f:
                 f.write(json.dumps({"step": step, "ids": [r["id"] for r in records]}) + "\n")
-            if c.eval.every and step % c.eval.every == 0 and step < rl.num_steps:
+            if run.evaluator and c.eval.every and step % c.eval.every == 0 and step < rl.num_steps:
                 m.update(_scalars(run.evaluator(state.params)))
             if c.debug.step_sleep_s:
                 time.sleep(c.debug.step_sleep_s)
             loop.end_step(step, state, m, queue.get_state)
-        if not loop.preempted:
+        if not loop.preempted and run.evaluator:
             final_eval = run.evaluator(state.params)
             loop.write(loop.step, _scalars(final_eval))
     if loop.preempted:

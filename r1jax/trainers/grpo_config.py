@@ -106,7 +106,7 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
 def eval_config(**overrides) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.every = 0  # steps between held-out evaluations (0 = only at the end)
-    c.num_prompts = 64
+    c.num_prompts = 64  # 0: no evaluation (benchmarks)
     c.num_samples = 4  # k for pass@1 (mean over k samples) and cons@k
     c.temperature = 0.6  # the paper's protocol: T = 0.6, top-p = 0.95
     c.top_p = 0.95
@@ -186,6 +186,8 @@ def validate(c, num_devices: int | None = None) -> None:
             f"sampling.num_slots={s.num_slots}: must be >= 0, and 0 unless sampling.scheduler='continuous' "
             f"(it is {s.scheduler!r})"
         )
+    if c.eval.num_prompts < 0:
+        raise ValueError(f"eval.num_prompts={c.eval.num_prompts}: must be >= 0 (0: no evaluation)")
     if c.eval.num_samples < 1:
         raise ValueError(f"eval.num_samples={c.eval.num_samples}: must be >= 1")
     if c.eval.split not in provenance.SPLITS:
