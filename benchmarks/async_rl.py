@@ -7,7 +7,7 @@ trainer, each measured by held-out accuracy (test split, 95% bootstrap intervals
     python benchmarks/async_rl.py --experiment bf16 --base /tmp/async/stage0/model --json /tmp/async_bf16.json
 
   staleness   8 CPU devices (XLA's host-platform device count, set here): the last 4 sample, the first 4 train
-              (rl.sampler_devices=4, mesh.shape=(4, 1, 1)); rl.max_staleness 0, 1, 2, and 1 with truncated
+              (rl.sampler_devices=4, mesh.shape=(4, 1, 1)); rl.max_staleness 0, 1, 2, and 1 and 2 with truncated
               importance sampling (TIS: w = π_old / π_sampler per token, capped at 2). The step time is reported as
               measured: on 2 CPU cores the 8 devices share the same two cores, so sampling and training cannot
               really run at once here and no speed-up is expected; on an accelerator they would.
@@ -43,6 +43,7 @@ def configurations(experiment: str) -> dict[str, list[str]]:
         split = ["rl.sampler_devices=4", "mesh.shape=(4,1,1)"]
         runs = {f"staleness {s}": [*split, f"rl.max_staleness={s}"] for s in (0, 1, 2)}
         runs["staleness 1 + TIS"] = [*split, "rl.max_staleness=1", *TIS]
+        runs["staleness 2 + TIS"] = [*split, "rl.max_staleness=2", *TIS]
         return runs
     return {
         "f32 sampler": [],
