@@ -102,13 +102,7 @@ def parse_args():
 
 def timings(fn, *args, reps: int) -> dict:
     """Median and spread of `reps` calls after one warm-up call (compilation excluded)."""
-    jax.block_until_ready(fn(*args))
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        ts.append(time.perf_counter() - t0)
-    return harness.spread(ts)
+    return harness.spread(harness.call_times(reps, fn, *args))
 
 
 def device_peak_bytes():

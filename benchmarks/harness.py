@@ -23,6 +23,7 @@ import os
 import statistics
 import sys
 import threading
+import time
 
 LOADED_FRACTION = 0.5  # 1-min load average above this share of the CPUs marks a run as taken on a loaded machine
 
@@ -155,3 +156,90 @@ def peak_rss_mib() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+# -- device timing and ceilings (jax is imported inside: `pin_threads` must run before jax starts) ---------------
+
+
+def call_times(repeats: int, fn, *a, warmup: bool = True, **kw) -> list[float]:
+    """Seconds of each of `repeats` calls of `fn(*a, **kw)`, each timed to completion (`jax.block_until_ready`),
+    after one untimed call (compilation) unless `warmup=False`."""
+    import jax
+
+    if warmup:
+        jax.block_until_ready(fn(*a, **kw))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*a, **kw))
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def best_time(repeats: int, fn, *a, warmup: bool = True, **kw) -> float:
+    """The fastest of `call_times(repeats, fn, *a, warmup=warmup, **kw)`."""
+    return min(call_times(repeats, fn, *a, warmup=warmup, **kw))
+
+
+def matmul_ceiling(n: int = 1024, dtype: str = "float32") -> float:
+    """FLOP/s of an n×n matmul, best of 5: the compute roofline of a phase."""
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.ones((n, n), dtype)
+    return 2 * n**3 / best_time(5, jax.jit(lambda a: a @ a), x)
+
+
+def read_bandwidth(n: int = 16384) -> float:
+    """Bytes/s of streaming reads over an n×n f32 matrix (1 GiB at n = 16384): the best of a sum and a
+    matrix-vector product, best of 5 each — the traffic of a decode step (weights read, almost nothing written).
+    A copy's read + write bandwidth is several times lower on a CPU and would understate the limit."""
+    import jax
+    import jax.numpy as jnp
+
+    m, v = jnp.ones((n, n), jnp.float32), jnp.ones((n,), jnp.float32)
+    return m.nbytes / min(best_time(5, jax.jit(jnp.sum), m), best_time(5, jax.jit(lambda a, x: a @ x), m, v))
+
+
+def copy_bandwidth(mib: int = 1024) -> float:
+    """Bytes/s of an f32 array of `mib` MiB read and written once (2 × its bytes), best of 5."""
+    import jax
+    import jax.numpy as jnp
+
+    big = jnp.ones((mib * 2**20 // 4,), jnp.float32)
+    return 2 * big.nbytes / best_time(5, jax.jit(lambda a: a + 1.0), big)
+
+
+def dense_shapes(cfg, tokens: int, backward: bool = False) -> list[tuple[int, int, int, int]]:
+    """(count, m, k, n) of the dense matmuls one forward over `tokens` tokens runs in a decoder of ModelConfig
+    `cfg` (q, k, v, o, gate, up, down projections per layer; the LM head), and with `backward` also the
+    input- and weight-gradient matmuls of each. Attention's own products are not included."""
+    d, f, hd = cfg.embed_dim, cfg.mlp_dim, cfg.head_dim
+    q, kv, layers = cfg.num_heads * hd, cfg.num_kv_heads * hd, cfg.num_layers
+    per_layer = [(d, q), (d, kv), (d, kv), (q, d), (d, f), (d, f), (f, d)]
+    shapes = [(layers, tokens, k, n) for k, n in per_layer] + [(1, tokens, d, cfg.vocab_size)]
+    if backward:  # dX = dY·Wᵀ: (tokens, n, k); dW = Xᵀ·dY: (k, tokens, n)
+        shapes += [(c, m, n, k) for c, m, k, n in shapes] + [(c, k, m, n) for c, m, k, n in shapes]
+    return shapes
+
+
+def dense_rate(shapes, repeats: int = 3) -> dict:
+    """FLOPs, seconds and FLOP/s of the matmuls `shapes` ((count, m, k, n), as from `dense_shapes`), each
+    distinct shape timed on its own (best of `repeats`) and weighted by its count: what the model's own matmuls
+    reach on this device, to set against `matmul_ceiling`."""
+    import jax
+    import jax.numpy as jnp
+
+    flops = seconds = 0.0
+    for (m, k, n), count in _count_shapes(shapes).items():
+        a, b = jnp.ones((m, k), jnp.float32), jnp.ones((k, n), jnp.float32)
+        t = best_time(repeats, jax.jit(lambda x, y: x @ y), a, b)
+        flops, seconds = flops + count * 2 * m * k * n, seconds + count * t
+    return {"flops": flops, "seconds": seconds, "flop_per_s": flops / seconds}
+
+
+def _count_shapes(shapes) -> dict:
+    counts: dict = {}
+    for c, m, k, n in shapes:
+        counts[(m, k, n)] = counts.get((m, k, n), 0) + c
+    return counts

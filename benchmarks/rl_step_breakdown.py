@@ -41,6 +41,7 @@ import statistics
 import tempfile
 import time
 
+import harness
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,7 +67,7 @@ def parse_args():
 
 def main():
     args = parse_args()
-    ceiling, bandwidth = matmul_ceiling(), read_bandwidth()
+    ceiling, bandwidth = harness.matmul_ceiling(), harness.read_bandwidth()
     with tempfile.TemporaryDirectory() as tmp:
         base = args.base
         if base is None:
@@ -136,6 +137,20 @@ def main():
             "logps_one_pass": compiled_roofline(grpo_step.logps, (state.params, batch), ceiling, bandwidth),
             "sample": sample_roofline(model.cfg, rollout, decode_steps, ceiling, bandwidth),
         }
+        b, s_len = np.asarray(batch["tokens_bs"]).shape
+        p_rows, tp = np.asarray(rollout.prompt_tokens_pt).shape
+        dense = {  # the model's own dense matmuls at each phase's token count, timed alone
+            "update": harness.dense_rate(harness.dense_shapes(model.cfg, b * s_len, backward=True)),
+            "logps_one_pass": harness.dense_rate(harness.dense_shapes(model.cfg, b * s_len)),
+            "prefill": harness.dense_rate(harness.dense_shapes(model.cfg, p_rows * tp)),
+            "decode_step": harness.dense_rate(harness.dense_shapes(model.cfg, b)),
+        }
+        steps = roofline["sample"]["decode_steps"]  # the sampler's dense matmuls: one prefill, then per decode step
+        dense["sample"] = {
+            "flops": dense["prefill"]["flops"] + steps * dense["decode_step"]["flops"],
+            "seconds": dense["prefill"]["seconds"] + steps * dense["decode_step"]["seconds"],
+        }
+        dense["sample"]["flop_per_s"] = dense["sample"]["flops"] / dense["sample"]["seconds"]
 
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     phases = {
@@ -166,6 +181,23 @@ def main():
         r = roofline[key]
         fractions[key] = r["time_s"] / med[key]
         print(f"| {name} | {1e3 * med[key]:.1f} | {1e3 * r['time_s']:.1f} | {r['bound']} | {fractions[key]:.0%} |")
+    print(
+        "\nthe model's own dense matmuls (q, k, v, o, gate, up, down, LM head; backward's too for the update), "
+        "timed alone at the phase's token count:"
+    )
+    print(
+        "| phase | tokens | dense GFLOP/s | of the ceiling | dense ms | of the phase's time |\n"
+        "|---|---|---|---|---|---|"
+    )
+    tokens = {"update": b * s_len, "logps_one_pass": b * s_len, "prefill": p_rows * tp, "decode_step": b}
+    tokens["sample"] = p_rows * tp + roofline["sample"]["decode_steps"] * b
+    for key, d in dense.items():
+        measured = med[key] if key in med else None
+        share = f"{d['seconds'] / measured:.0%}" if measured else "-"
+        print(
+            f"| {key} | {tokens[key]} | {d['flop_per_s'] / 1e9:.1f} | {d['flop_per_s'] / ceiling:.0%} | "
+            f"{1e3 * d['seconds']:.1f} | {share} |"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
@@ -177,6 +209,9 @@ def main():
                     "logps_one_pass_s": med["logps_one_pass"],
                     "roofline": roofline,
                     "roofline_fraction": fractions,
+                    "dense_matmuls": {
+                        k: dict(v, tokens=tokens[k], of_ceiling=v["flop_per_s"] / ceiling) for k, v in dense.items()
+                    },
                     "matmul_ceiling_gflop_s": ceiling / 1e9,
                     "read_bandwidth_gb_s": bandwidth / 1e9,
                     "per_step": rows,
@@ -200,37 +235,18 @@ def main():
             )
 
 
-def best_time(repeats, fn, *a) -> float:
-    jax.block_until_ready(fn(*a))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*a))
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
-def matmul_ceiling(n: int = 1024) -> float:
-    """FLOP/s of an n×n f32 matmul, best of 5."""
-    x = jnp.ones((n, n), jnp.float32)
-    return 2 * n**3 / best_time(5, jax.jit(lambda a: a @ a), x)
-
-
-def read_bandwidth() -> float:
-    """Bytes/s of streaming reads: the best of a sum and a matrix-vector product over a 1 GiB f32 matrix, best of 5
-    each (a copy's read + write bandwidth is several times lower on this CPU and would understate the limit)."""
-    m, v = jnp.ones((16384, 16384), jnp.float32), jnp.ones((16384,), jnp.float32)
-    return m.nbytes / min(best_time(5, jax.jit(jnp.sum), m), best_time(5, jax.jit(lambda a, x: a @ x), m, v))
-
-
 def compiled_roofline(fn, args, ceiling, bandwidth) -> dict:
     """max(FLOPs / ceiling, bytes accessed / bandwidth) from XLA's cost analysis of `fn` compiled for `args`."""
     cost = fn.lower(*args).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops, nbytes = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
     compute, memory = flops / ceiling, nbytes / bandwidth
-    return {"flops": flops, "bytes": nbytes, "time_s": max(compute, memory),
-            "bound": "compute" if compute >= memory else "memory"}
+    return {
+        "flops": flops,
+        "bytes": nbytes,
+        "time_s": max(compute, memory),
+        "bound": "compute" if compute >= memory else "memory",
+    }
 
 
 def sample_roofline(cfg, rollout, decode_steps, ceiling, bandwidth) -> dict:
@@ -251,8 +267,13 @@ def sample_roofline(cfg, rollout, decode_steps, ceiling, bandwidth) -> dict:
         memory = (n * itemsize + b * ctx * kv_per_token) / bandwidth
         decode += max(compute, memory)
         bound_compute += compute >= memory
-    return {"prefill_s": prefill, "decode_s": decode, "decode_steps": steps, "time_s": prefill + decode,
-            "bound": "compute" if bound_compute > steps / 2 else "memory"}
+    return {
+        "prefill_s": prefill,
+        "decode_s": decode,
+        "decode_steps": steps,
+        "time_s": prefill + decode,
+        "bound": "compute" if bound_compute > steps / 2 else "memory",
+    }
 
 
 if __name__ == "__main__":

@@ -46,6 +46,8 @@ import sys
 import tempfile
 import time
 
+import harness
+
 HF_WORKER = r"""
 import json, os, sys, time
 import numpy as np, torch, transformers
@@ -139,14 +141,6 @@ def main():
     sample_kw = dict(temperature=0.6, top_p=0.95)
     print(f"{jax.default_backend()}, {len(cores)} cores {cores}, load average {load_before}")
 
-    def best_time(repeats, fn, *a, **kw):
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn(*a, **kw))
-            times.append(time.perf_counter() - t0)
-        return min(times)
-
     def build(name):
         if MODELS[name] is None:
             cfg = get_preset("qwen2.5-0.5b", max_seq_len=4096)
@@ -156,23 +150,7 @@ def main():
         model.embed[...] = model.embed[...] * 10.0  # std 0.2: peaked next-token distributions (module docstring)
         return cfg, model
 
-    def copy_bandwidth():
-        """Bytes/s of a large f32 array read and written once (2 × its bytes), best of 5."""
-        big = jnp.ones(((64 if args.quick else 256) * 2**20,), jnp.float32)  # 256 MiB / 1 GiB
-        copy = jax.jit(lambda a: a + 1.0)
-        jax.block_until_ready(copy(big))
-        return 2 * big.nbytes / best_time(5, copy, big)
-
-    def read_bandwidth():
-        """Bytes/s of streaming reads, the traffic of a decode step (weights read, almost nothing written): the
-        best of a sum over a large array and a matrix-vector product over a large matrix, best of 5 each."""
-        n = 8192 if args.quick else 16384  # a 256 MiB / 1 GiB f32 matrix
-        m, v = jnp.ones((n, n), jnp.float32), jnp.ones((n,), jnp.float32)
-        total = best_time(5, jax.jit(jnp.sum), m)
-        matvec = best_time(5, jax.jit(lambda a, x: a @ x), m, v)
-        return m.nbytes / min(total, matvec)
-
-    bandwidth = copy_bandwidth()
+    bandwidth = harness.copy_bandwidth(256 if args.quick else 1024)
     print(f"copy bandwidth {bandwidth / 1e9:.2f} GB/s")
 
     # -- long-tailed workload: static vs continuous vs transformers -------------------------------------------
@@ -206,7 +184,7 @@ def main():
             t0 = time.perf_counter()
             r = jax.block_until_ready(sampling.sample(*run_args[1:], budgets=lengths))
             row[f"{sched}_first_run_s"] = time.perf_counter() - t0
-            seconds = best_time(args.repeats, *run_args, budgets=lengths)
+            seconds = harness.best_time(args.repeats, *run_args, warmup=False, budgets=lengths)
             tokens[sched] = np.asarray(r.completion_tokens_bt)
             row[f"{sched}_tokens_per_s"] = useful / seconds
             kv = sampling.kv_cache_bytes(cfg, config, p, args.prompt_len)
@@ -242,8 +220,8 @@ def main():
     # -- decode at the Qwen2.5-0.5B shape vs the bandwidth roofline; sampling share ------------------------
     # A decode step streams the weights (and the KV) and writes almost nothing, so its ceiling is the read
     # bandwidth, measured here next to the decode timings; a copy (read + write) gives a lower figure, also kept.
-    figures["copy_bandwidth_gb_s"] = max(bandwidth, copy_bandwidth()) / 1e9
-    bandwidth = read_bandwidth()
+    figures["copy_bandwidth_gb_s"] = max(bandwidth, harness.copy_bandwidth(256 if args.quick else 1024)) / 1e9
+    bandwidth = harness.read_bandwidth(8192 if args.quick else 16384)
     figures["read_bandwidth_gb_s"] = bandwidth / 1e9
     cfg, model = build("0.5b")
     graphdef, params = nnx.split(model)
@@ -259,8 +237,8 @@ def main():
         prompts = np.random.default_rng(2).integers(1, cfg.vocab_size, size=(pp, tp)).tolist()
         run_args = (sampling.sample, graphdef, params, prompts, jax.random.key(0), config)
         jax.block_until_ready(sampling.sample(*run_args[1:], budgets=[1] * batch))  # compile
-        long_s = best_time(args.repeats, *run_args, budgets=[1 + steps] * batch)
-        step_s = (long_s - best_time(args.repeats, *run_args, budgets=[1] * batch)) / steps
+        long_s = harness.best_time(args.repeats, *run_args, warmup=False, budgets=[1 + steps] * batch)
+        step_s = (long_s - harness.best_time(args.repeats, *run_args, warmup=False, budgets=[1] * batch)) / steps
         kv_bytes = batch * kv_per_token * (tp + steps / 2)  # valid keys and values, on average over the steps
         roofline_s = (weight_bytes + kv_bytes) / bandwidth
         figures[f"decode_step_ms_b{batch}"] = 1e3 * step_s
@@ -276,7 +254,7 @@ def main():
             keys_b = sampling.row_keys(jax.random.key(3), batch)
             select = jax.jit(sampling.select_tokens, static_argnums=2)
             jax.block_until_ready(select(logits_bv, keys_b, config))
-            sample_s = best_time(5, select, logits_bv, keys_b, config)
+            sample_s = harness.best_time(5, select, logits_bv, keys_b, config, warmup=False)
             figures["sampling_ms_b16"] = 1e3 * sample_s
             figures["sampling_share"] = sample_s / step_s
             kept = np.isfinite(np.asarray(sampling.process_logits(logits_bv, config))).sum(-1)

@@ -11,7 +11,9 @@ Both trainers run as shipped (r1jax: `r1jax.trainers.grpo.train`; TRL: `trl.GRPO
   settings   G completions per prompt, temperature 1, top-p 1, DAPO token-level loss, ε_low 0.2 / ε_high 0.28,
              β (k3 KL to the initial weights; β > 0 means a reference forward per step), one update per batch
              (μ = 1), AdamW (lr 1e-5, β2 0.99, constant schedule, no weight decay), global-norm clip 1.0, f32,
-             no gradient checkpointing, one process
+             one process; TRL without gradient checkpointing (`--trl-checkpointing 1` turns it on), r1jax
+             without block recomputation at the toy shape and with it (`model.remat`) at qwen2.5-0.5b, where
+             XLA's buffer for the step's saved activations alone is 31.5 GB (`--remat 0/1` overrides)
   reward     the target-language share of each completion (r1jax: its 'language' reward; TRL: the same formula
              as a Python function)
 
@@ -30,8 +32,9 @@ TRL runs in its own environment: `--trl-python PATH` (default $R1JAX_TORCH_PYTHO
 `--shape qwen2.5-0.5b` uses the Qwen2.5-0.5B configuration (random weights, V = 151,936 padded into the character
 tokenizer with filler tokens, tied embeddings) with `--prompt_len` (default 256) characters per prompt. Both sides
 are pinned to `--threads` CPUs and the load average is recorded (benchmarks/harness.py); each side's peak resident
-memory is its process's peak RSS (VmHWM; r1jax's process also built the shared checkpoint), and r1jax's compile
-time is the sum of JAX's trace, lowering and backend-compile events during its first run.
+memory is its own process's peak RSS (VmHWM; each side runs in a process of its own, the checkpoint is built in a
+third, so neither holds memory while the other runs), and r1jax's compile time is the sum of JAX's trace, lowering
+and backend-compile events during its first run.
 """
 
 from __future__ import annotations
@@ -83,7 +86,7 @@ cfg = trl.GRPOConfig(
     max_completion_length=a["T"], temperature=1.0, top_p=1.0, beta=a["beta"], loss_type="dapo", epsilon=0.2,
     epsilon_high=0.28, num_iterations=1, learning_rate=1e-5, lr_scheduler_type="constant", adam_beta2=0.99,
     weight_decay=0.0, max_grad_norm=1.0, max_steps=a["steps"], logging_steps=1, save_strategy="no",
-    report_to="none", use_cpu=True, bf16=False, seed=0, gradient_checkpointing=False, disable_dropout=True,
+    report_to="none", use_cpu=True, bf16=False, seed=0, gradient_checkpointing=a["checkpointing"], disable_dropout=True,
     dataloader_num_workers=0, scale_rewards="group",
 )
 trainer = trl.GRPOTrainer(model=model, reward_funcs=language, args=cfg, train_dataset=ds, processing_class=tok,
@@ -100,9 +103,9 @@ json.dump({"stamps": stamps, "start": t0, "lengths": lengths, "threads": torch.g
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--prompts", type=int, default=4, help="P prompts per step")
+    p.add_argument("--prompts", type=int, default=None, help="P prompts per step (toy 4, qwen2.5-0.5b 2)")
     p.add_argument("--group", type=int, default=8, help="G completions per prompt")
-    p.add_argument("--completion_len", type=int, default=64, help="tokens generated per completion")
+    p.add_argument("--completion_len", type=int, default=None, help="tokens per completion (toy 64, qwen2.5-0.5b 128)")
     p.add_argument("--beta", type=float, default=0.04, help="β (0: no reference forward)")
     p.add_argument("--shape", default="toy", choices=("toy", "qwen2.5-0.5b"), help="model shape (see above)")
     p.add_argument("--prompt_len", type=int, default=None, help="characters per prompt (qwen2.5-0.5b: 256)")
@@ -111,13 +114,32 @@ def parse_args():
     p.add_argument("--steps", type=int, default=None, help="timed iterations per run (toy 6, qwen2.5-0.5b 2)")
     p.add_argument("--warmup", type=int, default=None, help="iterations excluded (toy 2, qwen2.5-0.5b 1)")
     p.add_argument("--repeats", type=int, default=None, help="alternating r1jax / TRL runs (toy 2, qwen2.5-0.5b 1)")
+    p.add_argument(
+        "--remat",
+        type=int,
+        default=None,
+        help="r1jax recomputes each block in the backward pass (toy 0; qwen2.5-0.5b 1: without it the step's "
+        "activations need 31.5 GB, more than a 24 GB machine has)",
+    )
+    p.add_argument("--trl-checkpointing", type=int, default=0, help="TRL's gradient_checkpointing (default 0)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPUs both sides are pinned to")
     p.add_argument("--trl-python", default=os.environ.get("R1JAX_TORCH_PYTHON", ".venv-torch/bin/python"))
     p.add_argument("--make-venv", default=None, help="create a venv with torch (CPU), transformers, trl here first")
     p.add_argument("--json", default=None, help="write the figures here; the headline TRL / r1jax time is `ratio`")
+    p.add_argument("--_worker", default="", help=argparse.SUPPRESS)  # set by in_subprocess
+    p.add_argument("--_tmp", default="", help=argparse.SUPPRESS)
+    p.add_argument("--_out", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
     big = args.shape == "qwen2.5-0.5b"
-    for name, toy, qwen in (("steps", 6, 2), ("warmup", 2, 1), ("repeats", 2, 1), ("prompt_len", None, 256)):
+    defaults = (
+        ("remat", 0, 1),
+        ("prompts", 4, 2),
+        ("completion_len", 64, 128),
+        ("steps", 6, 2),
+        ("warmup", 2, 1),
+        ("repeats", 2, 1),
+    )
+    for name, toy, qwen in (*defaults, ("prompt_len", None, 256)):
         if getattr(args, name) is None:
             setattr(args, name, qwen if big else toy)
     return args
@@ -187,6 +209,7 @@ def r1jax_config(args, mdir: str, train: str):
 
     c = grpo.grpo_config()
     c.model.checkpoint = mdir
+    c.model.remat = bool(args.remat)
     c.template = "plain"
     c.data.task = "arithmetic"  # scores answers; the reward here is language only
     c.data.train_files = (train,)
@@ -207,8 +230,18 @@ def r1jax_config(args, mdir: str, train: str):
 
 
 def run_r1jax(args, mdir, train, workdir) -> dict:
+    import jax
+
     from r1jax import metrics as metrics_lib
     from r1jax.trainers import grpo
+
+    compile_events = []  # JAX's trace, lowering and backend-compile durations
+
+    def on_event(name, secs, **_):
+        if name.startswith("/jax/core/compile/") and name.endswith("_duration"):
+            compile_events.append(secs)
+
+    jax.monitoring.register_event_duration_secs_listener(on_event)
 
     stamps, lengths = [], []
     original = metrics_lib.MetricsWriter.write
@@ -224,7 +257,43 @@ def run_r1jax(args, mdir, train, workdir) -> dict:
     finally:
         metrics_lib.MetricsWriter.write = original
     stamps = stamps[: args.warmup + args.steps]  # the last write is the final evaluation's
-    return {"iter_s": [b - a for a, b in zip(stamps[args.warmup - 1 :], stamps[args.warmup :])], "lengths": lengths}
+    return {
+        "iter_s": [b - a for a, b in zip(stamps[args.warmup - 1 :], stamps[args.warmup :])],
+        "lengths": lengths,
+        "compile_s": sum(compile_events),
+        "peak_rss_mib": harness.peak_rss_mib(),
+        "jax": jax.__version__,
+        "jax_devices": str(jax.devices()),
+    }
+
+
+def in_subprocess(args, role: str, tmp: str, k: int = 0) -> dict:
+    """Runs this script's `role` ('build' or 'r1jax') in a fresh process, so that each side's peak memory is its
+    own and nothing one side holds is still resident while the other runs."""
+    out = os.path.join(tmp, f"{role}{k}.json")
+    argv, skip = [], False
+    for a in sys.argv[1:]:  # the worker writes `out`, not the figures: no --json
+        if not skip and not a.startswith("--json"):
+            argv.append(a)
+        skip = a == "--json"
+    cmd = [sys.executable, os.path.abspath(__file__), *argv, f"--_worker={role}", f"--_tmp={tmp}", f"--_out={out}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"{role} worker failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    with open(out) as f:
+        return json.load(f)
+
+
+def worker(args):
+    """The body of `in_subprocess`: build the shared checkpoint, or run r1jax once."""
+    if args._worker == "build":
+        mdir, prompts, train, n_params = build_shared(args._tmp, args)
+        result = {"mdir": mdir, "prompts": prompts, "train": train, "n_params": n_params}
+    else:
+        shared = json.load(open(os.path.join(args._tmp, "build0.json")))
+        result = run_r1jax(args, shared["mdir"], shared["train"], os.path.join(args._tmp, f"r1jax_{time.time_ns()}"))
+    with open(args._out, "w") as f:
+        json.dump(result, f)
 
 
 def run_trl(args, python, mdir, prompts, tmp, k) -> dict:
@@ -237,6 +306,7 @@ def run_trl(args, python, mdir, prompts, tmp, k) -> dict:
         "beta": args.beta,
         "steps": args.warmup + args.steps,
         "threads": args.threads,
+        "checkpointing": bool(args.trl_checkpointing),
         "out": os.path.join(tmp, f"trl{k}"),
         "result": os.path.join(tmp, f"trl{k}.json"),
     }
@@ -259,35 +329,29 @@ def main():
     args = parse_args()
     if args.warmup < 1:
         raise SystemExit("--warmup must be >= 1 (the first iteration compiles)")
-    python = make_venv(args.make_venv) if args.make_venv else args.trl_python
     threads = harness.pin_threads(args.threads)  # before jax starts: XLA sizes its pool from the allowed CPUs
+    if args._worker:
+        return worker(args)
+    python = make_venv(args.make_venv) if args.make_venv else args.trl_python
     load = harness.LoadMonitor(own_threads=args.threads)
-    import jax
-
-    compile_events = []  # JAX's trace, lowering and backend-compile durations; summed over r1jax's first run
-
-    def on_event(name, secs, **_):
-        if name.startswith("/jax/core/compile/") and name.endswith("_duration"):
-            compile_events.append(secs)
-
-    jax.monitoring.register_event_duration_secs_listener(on_event)
     with tempfile.TemporaryDirectory() as tmp:
-        mdir, prompts, train, n_params = build_shared(tmp, args)
-        r1, trl_runs, compile_s = [], [], None
+        shared = in_subprocess(args, "build", tmp)
+        mdir, prompts, n_params = shared["mdir"], shared["prompts"], shared["n_params"]
+        r1, trl_runs = [], []
         for k in range(args.repeats):  # alternate, so that load on the shared machine hits both alike
-            r1.append(run_r1jax(args, mdir, train, os.path.join(tmp, f"r1jax{k}")))
-            compile_s = sum(compile_events) if compile_s is None else compile_s
+            r1.append(in_subprocess(args, "r1jax", tmp, k))
             trl_runs.append(run_trl(args, python, mdir, prompts, tmp, k))
             print(
                 f"repeat {k}: r1jax {statistics.median(r1[-1]['iter_s']):.3f} s/iter, "
                 f"TRL {statistics.median(trl_runs[-1]['iter_s']):.3f} s/iter",
                 flush=True,
             )
+    compile_s = r1[0]["compile_s"]  # the first run compiles from nothing (later runs hit the same cold cache)
     r1_iters = [t for r in r1 for t in r["iter_s"]]
     trl_iters = [t for r in trl_runs for t in r["iter_s"]]
     med_r1, med_trl = statistics.median(r1_iters), statistics.median(trl_iters)
     load_record = load.record()
-    r1_peak = harness.peak_rss_mib()  # this process ran r1jax (and built the shared checkpoint)
+    r1_peak = max(r["peak_rss_mib"] for r in r1)  # each r1jax run's own process
     trl_peak = max(r["peak_rss_mib"] for r in trl_runs)
     figures = {
         "ratio": med_trl / med_r1,
@@ -313,6 +377,8 @@ def main():
             "T": args.completion_len,
             "prompt_len": args.prompt_len,
             "beta": args.beta,
+            "r1jax_remat": bool(args.remat),
+            "trl_gradient_checkpointing": bool(args.trl_checkpointing),
             "embed_dim": args.embed_dim if args.shape == "toy" else None,
             "layers": args.layers if args.shape == "toy" else None,
             "params": n_params,
@@ -320,8 +386,8 @@ def main():
             "warmup_steps_excluded": args.warmup,
             "repeats": args.repeats,
             "torch_threads": trl_runs[0]["threads"],
-            "jax": jax.__version__,
-            "jax_devices": str(jax.devices()),
+            "jax": r1[0]["jax"],
+            "jax_devices": r1[0]["jax_devices"],
             "cpus": os.cpu_count(),
             "load_avg_1min": os.getloadavg()[0],
             **trl_runs[0]["versions"],

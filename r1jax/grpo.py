@@ -97,6 +97,7 @@ calls it with prefix 'rl.' so its errors name the config field.
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import jax
@@ -230,30 +231,24 @@ def aggregate_loss(per_token_loss_bt, mask_bt, loss_type="grpo", *, max_completi
     return masked_bt.sum() / jnp.maximum(n, 1)
 
 
-def check_loss_options(
-    *,
-    prefix="",
-    loss_type="grpo",
-    epsilon_low=0.2,
-    epsilon_high=0.2,
-    beta=0.0,
-    importance_sampling_level="token",
-    sampler_is_correction=True,
-    sampler_is_mode="sequence_mask",
-    sampler_is_clip_min=None,
-    sampler_is_clip_max=3.0,
-    off_policy_mask_threshold=None,
-    top_entropy_quantile=1.0,
-    sapo_temperature_pos=1.0,
-    sapo_temperature_neg=1.05,
-    **_,
-):
+def loss_defaults() -> dict:
+    """`policy_loss`'s keyword defaults, the one place they are written (its signature)."""
+    params = inspect.signature(policy_loss).parameters.values()
+    return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def check_loss_options(*, prefix="", **options):
     """The one set of bounds on the loss options, shared by `policy_loss` and the trainers' config validation (which
     passes prefix='rl.', so an error names the config field: 'rl.epsilon_high=1.5: ...'). Other keywords are ignored.
 
     None and the no-op number mean the same for the optional bounds: sampler_is_clip_min None or 0, sampler_is_clip_max
-    None or inf, off_policy_mask_threshold None or inf (configs hold numbers, so they use 0 / inf).
+    None or inf, off_policy_mask_threshold None or inf (configs hold numbers, so they use 0 / inf). A missing option
+    takes `policy_loss`'s default.
     """
+    o = {**loss_defaults(), **options}
+    loss_type, importance_sampling_level, beta = o["loss_type"], o["importance_sampling_level"], o["beta"]
+    epsilon_low, epsilon_high, sampler_is_mode = o["epsilon_low"], o["epsilon_high"], o["sampler_is_mode"]
+    off_policy_mask_threshold, top_entropy_quantile = o["off_policy_mask_threshold"], o["top_entropy_quantile"]
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"{prefix}loss_type={loss_type!r}: expected one of {LOSS_TYPES}")
     if importance_sampling_level not in IMPORTANCE_SAMPLING_LEVELS:
@@ -277,7 +272,7 @@ def check_loss_options(
         raise ValueError(f"{prefix}beta={beta}: the KL coefficient must be >= 0 and finite")
     if sampler_is_mode not in SAMPLER_IS_MODES:
         raise ValueError(f"{prefix}sampler_is_mode={sampler_is_mode!r}: expected one of {SAMPLER_IS_MODES}")
-    lo, hi = sampler_is_clip_min, sampler_is_clip_max
+    lo, hi = o["sampler_is_clip_min"], o["sampler_is_clip_max"]
     if lo is not None and not 0 <= lo < math.inf:
         raise ValueError(f"{prefix}sampler_is_clip_min={lo}: C_min must be >= 0 and finite (or None)")
     if hi is not None and not hi > 0:
@@ -285,7 +280,7 @@ def check_loss_options(
     if lo is not None and hi is not None and lo >= hi:
         raise ValueError(f"{prefix}sampler_is_clip_min={lo} >= sampler_is_clip_max={hi}: need C_min < C_max")
     no_bound = (lo is None or lo == 0) and (hi is None or hi == math.inf)
-    if sampler_is_correction and sampler_is_mode.endswith("_truncate") and no_bound:
+    if o["sampler_is_correction"] and sampler_is_mode.endswith("_truncate") and no_bound:
         raise ValueError(
             f"{prefix}sampler_is_clip_min={lo}, {prefix}sampler_is_clip_max={hi}: sampler_is_mode="
             f"{sampler_is_mode!r} needs at least one bound (C_min > 0 or a finite C_max)"
@@ -294,8 +289,8 @@ def check_loss_options(
         raise ValueError(f"{prefix}off_policy_mask_threshold={off_policy_mask_threshold}: delta must be >= 0 (or None)")
     if not 0 <= top_entropy_quantile <= 1:
         raise ValueError(f"{prefix}top_entropy_quantile={top_entropy_quantile}: rho must be in [0, 1]")
-    for name, tau in (("sapo_temperature_pos", sapo_temperature_pos), ("sapo_temperature_neg", sapo_temperature_neg)):
-        if not 0 < tau < math.inf:
+    for name in ("sapo_temperature_pos", "sapo_temperature_neg"):
+        if not 0 < (tau := o[name]) < math.inf:
             raise ValueError(f"{prefix}{name}={tau}: the temperature must be > 0 and finite")
 
 

@@ -40,6 +40,9 @@ def _parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0, help="the (first) seed")
         p.add_argument("--seeds", type=int, default=1,
                        help="run seeds SEED..SEED+N-1, each in WORKDIR/seed_<s>/, and pool them with intervals")
+        p.add_argument("--variant", choices=("default", "headroom"), default="default",
+                       help="headroom: the harder base (3-digit sums; direct, worked and re-checked solutions), "
+                       "experiments/pretrain.py:tiny,headroom then experiments/r1_zero.py:tiny,headroom")
     if command == "sweep":
         p.add_argument("--print-launch", choices=("local", "tpu"), default=None,
                        help="print the command that starts each run instead of running them here")
@@ -91,7 +94,8 @@ def run(argv=None) -> int:
         from r1jax import demo
 
         demo.run_demo(
-            args.workdir or os.path.abspath("r1jax_demo"), seed=args.seed, seeds=args.seeds, overrides=overrides
+            args.workdir or os.path.abspath("r1jax_demo"), seed=args.seed, seeds=args.seeds, overrides=overrides,
+            arg="" if args.variant == "default" else "tiny,headroom",
         )
         return 0
     result = run_experiment(args.config, args.workdir, overrides)

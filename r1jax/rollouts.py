@@ -439,12 +439,12 @@ class SamplerPlacement:
         return jax.block_until_ready(params)  # copied before an update donates the trainer's buffers
 
 
-def sampler_placement(c, model, graphdef, mesh, param_state) -> SamplerPlacement:
+def sampler_placement(c, model, graphdef, mesh) -> SamplerPlacement:
     """The sampler's placement from a GRPO config: `rl.sampler_devices` > 0 puts it on the last N devices (a
     data-parallel mesh of its own; the trainer's `mesh` holds the others), `rl.sampler_dtype` sets its precision,
     and `rl.max_staleness` > 0 (sampling while the trainer updates) needs a copy even on shared devices.
-    `graphdef` is the trainer's; `param_state`: the model's NNX state, whose logical axes shard the parameters on
-    the sampler's mesh."""
+    `graphdef` is the trainer's; the logical axes of `model`'s NNX state shard the parameters on the sampler's
+    mesh."""
     rl = c.rl
     dtype = jnp.dtype(rl.sampler_dtype) if rl.sampler_dtype else None
     if dtype == jnp.dtype(model.cfg.param_dtype) and dtype == jnp.dtype(model.cfg.dtype):
@@ -454,7 +454,7 @@ def sampler_placement(c, model, graphdef, mesh, param_state) -> SamplerPlacement
         graphdef = nnx.split(nnx.eval_shape(lambda: type(model)(cfg, rngs=nnx.Rngs(params=0))))[0]
     if rl.sampler_devices:
         sampler_mesh = sharding.make_mesh((-1, 1, 1), devices=jax.devices()[-rl.sampler_devices :])
-        shardings = sharding.param_shardings(param_state, sampler_mesh)
+        shardings = sharding.param_shardings(nnx.state(model), sampler_mesh)
         return SamplerPlacement(graphdef, sampler_mesh, shardings, dtype, copy=True)
     return SamplerPlacement(graphdef, mesh, None, dtype, copy=dtype is not None or rl.max_staleness > 0)
 

@@ -279,15 +279,14 @@ def test_placement_copies_only_when_it_must(tiny_base_model):
 
     c = ml_collections.ConfigDict({"rl": {"sampler_dtype": "", "sampler_devices": 0, "max_staleness": 0}})
     model, _ = train_state.build_model(train_state.model_config(checkpoint=tiny_base_model), 0)
-    graphdef, _, state = train_state.split_model(model)
-    params = train_state.split_model(model)[1]
+    graphdef, params, _ = train_state.split_model(model)
     mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-    same = rollouts.sampler_placement(c, model, graphdef, mesh, state)
+    same = rollouts.sampler_placement(c, model, graphdef, mesh)
     assert same(params) is params and same.graphdef is graphdef  # synchronous: the trainer's own arrays
     c.rl.max_staleness = 1
-    copied = rollouts.sampler_placement(c, model, graphdef, mesh, state)(params)
+    copied = rollouts.sampler_placement(c, model, graphdef, mesh)(params)
     assert copied is not params and _equal_params(copied, params)
     c.rl.sampler_dtype = "bfloat16"
-    bf16 = rollouts.sampler_placement(c, model, graphdef, mesh, state)
+    bf16 = rollouts.sampler_placement(c, model, graphdef, mesh)
     assert {x.dtype for x in jax.tree.leaves(bf16(params))} == {np.dtype("bfloat16")}
     assert bf16.graphdef != graphdef

@@ -153,3 +153,16 @@ def test_undefined_metrics_are_null_in_the_json():
     safe = demo._json_safe({"a": nan, "b": [1.0, nan], "c": {"d": nan}})
     assert safe == {"a": None, "b": [1.0, None], "c": {"d": None}}
     assert evals.format_value({"x": 0.5, "x_ci": [None, None]}, "x") == "0.500"
+
+
+def test_variant_headroom_runs_the_headroom_presets(monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr(demo, "run_demo", lambda workdir, **kw: seen.update(kw, workdir=workdir))
+    assert main.run(["demo", "--workdir", str(tmp_path), "--variant", "headroom"]) == 0
+    assert seen["arg"] == "tiny,headroom" and seen["seeds"] == 1
+    from r1jax import config_lib
+
+    for stage in ("pretrain", "r1_zero"):  # the arg the demo appends to each stage's experiment file
+        c = config_lib.load_config(demo._experiment(stage) + ":" + seen["arg"])
+        assert c.data.difficulty == 6, stage
+    assert main.run(["demo", "--workdir", str(tmp_path)]) == 0 and seen["arg"] == ""

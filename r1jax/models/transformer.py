@@ -228,7 +228,8 @@ class Transformer(nnx.Module):
         for i, block in enumerate(self.blocks):
             kv = None if cache is None else (cache.k[i], cache.v[i])
             index = None if cache is None else cache.index
-            if cfg.remat:
+            if cfg.remat and cache is None:  # with a KV cache it is sampling: no backward pass to save memory for
+                # (and under the decode loop's trace, a lifted transform may not touch the captured parameters)
                 x, kv = nnx.remat(lambda blk, *a: blk(*a), static_argnums=())(
                     block, x, positions_bt, mask_bts, inv_freq, kv, index
                 )

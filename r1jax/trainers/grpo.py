@@ -138,9 +138,8 @@ def setup(c, workdir: str, reward_fn) -> Run:
     check_context(c, model.cfg.max_seq_len)
 
     optimizer = train_state.make_optimizer(c.optim, rl.num_steps * rl.mu)
-    param_state = train_state.split_model(model)[2]
     graphdef, state, state_shardings = train_state.create_train_state(model, optimizer, mesh, c.seed)
-    placement = rollouts.sampler_placement(c, model, graphdef, mesh, param_state)
+    placement = rollouts.sampler_placement(c, model, graphdef, mesh)
     # π_ref is the starting policy, a copy: the step donates `state`, never the reference
     ref_params = jax.tree.map(jnp.copy, state.params) if rl.beta > 0 else None
     # Every process draws the same global batches of P prompts and keeps the rows its devices hold (see
