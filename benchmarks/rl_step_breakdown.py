@@ -29,6 +29,11 @@ phase's roofline time is max(FLOPs / ceiling, bytes / bandwidth), and its fracti
                   decode loop's own cost analysis counts a while-loop body once, so it is not used
 Host phases (decode, reward, advantages) are reported as shares of the step only.
 
+To say why a phase is below its roofline, the model's own dense matmuls (q, k, v, o, gate, up, down, the LM head;
+for the update also their input- and weight-gradient matmuls) are timed alone at the phase's token count
+(`harness.dense_shapes` / `harness.dense_rate`): their rate against the ceiling says whether the matmuls are slow
+at these shapes, and their time against the phase's says how much of the phase is not matmul work.
+
     python benchmarks/rl_step_breakdown.py --json /tmp/rl_breakdown.json [--base /tmp/stage0/model]
 """
 
