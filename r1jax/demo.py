@@ -126,7 +126,7 @@ def run_demo(workdir: str, *, seed: int = 0, seeds: int = 1, overrides=(), arg: 
         histories[f"seed {s}"] = [base_point, *metrics_lib.read_history(os.path.join(dirs[s], "r1_zero"))]
     plot = metrics_lib.plot_panels(
         histories, CURVE_PANELS, os.path.join(workdir, "demo_curves.png"),
-        title=f"R1-Zero on the built-in default (seeds {', '.join(map(str, seed_list))})",
+        title=f"R1-Zero on the built-in default{f' ({arg})' if arg else ''} (seeds {', '.join(map(str, seed_list))})",
     )
     if plot:
         shutil.copy(plot, os.path.join(dirs[seed_list[0]], "r1_zero", "tb", "demo_curves.png"))
