@@ -37,6 +37,7 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="qwen2.5-0.5b", help="a model preset name")
     p.add_argument("--vocab", type=int, default=None, help="vocabulary size (default: the preset's)")
+    p.add_argument("--layers", type=int, default=None, help="layer count (default: the preset's)")
     p.add_argument("--rows", type=int, default=16, help="B = P·G rows in the batch")
     p.add_argument("--prompt_len", type=int, default=256)
     p.add_argument("--completion_len", type=int, default=128)
@@ -55,7 +56,7 @@ def _config(args, variant: str):
 
 
 def analyse(args, variant: str) -> dict:
-    extra = {} if args.vocab is None else {"vocab_size": args.vocab}
+    extra = {k: v for k, v in (("vocab_size", args.vocab), ("num_layers", args.layers)) if v is not None}
     cfg = get_preset(args.shape, max_seq_len=args.prompt_len + args.completion_len, remat=variant == "remat", **extra)
     abstract_model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(params=0)))
     graphdef, state = nnx.split(abstract_model)

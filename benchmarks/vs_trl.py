@@ -12,8 +12,10 @@ Both trainers run as shipped (r1jax: `r1jax.trainers.grpo.train`; TRL: `trl.GRPO
              β (k3 KL to the initial weights; β > 0 means a reference forward per step), one update per batch
              (μ = 1), AdamW (lr 1e-5, β2 0.99, constant schedule, no weight decay), global-norm clip 1.0, f32,
              one process; TRL without gradient checkpointing (`--trl-checkpointing 1` turns it on), r1jax
-             without block recomputation at the toy shape and with it (`model.remat`) at qwen2.5-0.5b, where
-             XLA's buffer for the step's saved activations alone is 31.5 GB (`--remat 0/1` overrides)
+             without block recomputation at the toy shape and with it (`model.remat`) at qwen2.5-0.5b
+             (`--remat 0/1` overrides). At qwen2.5-0.5b one prompt (8 rows) is the default: at 2 prompts r1jax's
+             step needs 32.4 GiB with remat (benchmarks/grpo_memory.py), more than a 24 GB machine has; the run
+             in RESULTS.md also set XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false
   reward     the target-language share of each completion (r1jax: its 'language' reward; TRL: the same formula
              as a Python function)
 
@@ -27,7 +29,7 @@ TRL runs in its own environment: `--trl-python PATH` (default $R1JAX_TORCH_PYTHO
 
     python benchmarks/vs_trl.py --json /tmp/vs_trl.json
     python benchmarks/vs_trl.py --steps 3 --warmup 1 --repeats 1      # quick
-    python benchmarks/vs_trl.py --shape qwen2.5-0.5b --json /tmp/vs_trl_05b.json   # Qwen2.5-0.5B, ~1 h on 2 cores
+    python benchmarks/vs_trl.py --shape qwen2.5-0.5b --json /tmp/vs_trl_05b.json   # Qwen2.5-0.5B, ~25 min on 2 cores
 
 `--shape qwen2.5-0.5b` uses the Qwen2.5-0.5B configuration (random weights, V = 151,936 padded into the character
 tokenizer with filler tokens, tied embeddings) with `--prompt_len` (default 256) characters per prompt. Both sides
@@ -103,7 +105,7 @@ json.dump({"stamps": stamps, "start": t0, "lengths": lengths, "threads": torch.g
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--prompts", type=int, default=None, help="P prompts per step (toy 4, qwen2.5-0.5b 2)")
+    p.add_argument("--prompts", type=int, default=None, help="P prompts per step (toy 4, qwen2.5-0.5b 1)")
     p.add_argument("--group", type=int, default=8, help="G completions per prompt")
     p.add_argument("--completion_len", type=int, default=None, help="tokens per completion (toy 64, qwen2.5-0.5b 128)")
     p.add_argument("--beta", type=float, default=0.04, help="β (0: no reference forward)")
@@ -118,8 +120,7 @@ def parse_args():
         "--remat",
         type=int,
         default=None,
-        help="r1jax recomputes each block in the backward pass (toy 0; qwen2.5-0.5b 1: without it the step's "
-        "activations need 31.5 GB, more than a 24 GB machine has)",
+        help="r1jax recomputes each block in the backward pass (toy 0, qwen2.5-0.5b 1)",
     )
     p.add_argument("--trl-checkpointing", type=int, default=0, help="TRL's gradient_checkpointing (default 0)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPUs both sides are pinned to")
@@ -133,7 +134,7 @@ def parse_args():
     big = args.shape == "qwen2.5-0.5b"
     defaults = (
         ("remat", 0, 1),
-        ("prompts", 4, 2),
+        ("prompts", 4, 1),
         ("completion_len", 64, 128),
         ("steps", 6, 2),
         ("warmup", 2, 1),
@@ -346,7 +347,7 @@ def main():
                 f"TRL {statistics.median(trl_runs[-1]['iter_s']):.3f} s/iter",
                 flush=True,
             )
-    compile_s = r1[0]["compile_s"]  # the first run compiles from nothing (later runs hit the same cold cache)
+    compile_s = r1[0]["compile_s"]  # each run compiles anew in its own process; the first is reported
     r1_iters = [t for r in r1 for t in r["iter_s"]]
     trl_iters = [t for r in trl_runs for t in r["iter_s"]]
     med_r1, med_trl = statistics.median(r1_iters), statistics.median(trl_iters)

@@ -88,14 +88,13 @@ def test_generate_cuts_at_eos_and_returns_num_samples_lists(model, scheduler):
     assert any(len(rows[0]) < 20 for rows in got)
 
 
-def test_remat_model_samples_and_trains_like_the_plain_one(model, scheduler="static"):
+def test_remat_model_samples_and_trains_like_the_plain_one(model):
     """`model.remat` (the real-model presets' setting) recomputes blocks in the backward pass only: sampling with
     it gives the same tokens (it once failed under the decode loop's trace, which both schedulers share), and a
     jitted loss through graphdef + params gives the same value and gradients."""
     remat = init_model(dataclasses.replace(model.cfg, remat=True), 0)
     nnx.update(remat, nnx.state(model))
-    slots = 3 if scheduler == "continuous" else 0
-    kw = dict(max_new_tokens=12, num_samples=2, scheduler=scheduler, num_slots=slots, temperature=1.0, seed=3)
+    kw = dict(max_new_tokens=12, num_samples=2, temperature=1.0, seed=3)
     assert sampling.generate(remat, PROMPTS, **kw) == sampling.generate(model, PROMPTS, **kw)
 
     tokens_bt = jnp.asarray([[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12]])
