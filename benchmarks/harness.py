@@ -56,6 +56,7 @@ def thread_settings() -> dict:
         "threads": len(os.sched_getaffinity(0)),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "r1jax_host_malloc": os.environ.get("R1JAX_HOST_MALLOC", "tuned"),  # see r1jax.keep_freed_host_memory
         "pinning": "sched_setaffinity (inherited by subprocesses) + torch.set_num_threads / OMP_NUM_THREADS",
     }
 

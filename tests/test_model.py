@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from r1jax.models import PRESETS, KVCache, ModelConfig, RopeScaling, Transformer, get_preset, init_model
-from r1jax.models.transformer import rope_inv_freq
+from r1jax.models.transformer import linear, rope_inv_freq
 
 CFG = ModelConfig(
     vocab_size=64,
@@ -196,3 +196,19 @@ def test_llama3_rope_frequencies():
     assert np.all(np.diff(ratio) <= 1e-6)  # the scale falls monotonically from 1 to 1/8
     # Without scaling: the plain RoPE frequencies.
     np.testing.assert_allclose(np.asarray(rope_inv_freq(cfg.replace(rope_scaling=None))), plain, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape_x, shape_w", [((3, 5, 8), (8, 24)), ((3, 5, 24), (24, 8)), ((7, 16), (16, 16))])
+def test_linear_gradients_equal_autodiff(shape_x, shape_w):
+    """The hand-written VJP of `linear` (it picks which operand to transpose) against autodiff of `x @ w`, for a
+    wide output (transposes x), a narrow one (transposes the cotangent) and a square one."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal(shape_x), jnp.float32)
+    w = jnp.asarray(rng.standard_normal(shape_w), jnp.float32)
+    c = jnp.asarray(rng.standard_normal(shape_x[:-1] + shape_w[-1:]), jnp.float32)
+    ours = jax.grad(lambda x, w: (linear(x, w) * c).sum(), (0, 1))(x, w)
+    ref = jax.grad(lambda x, w: ((x @ w) * c).sum(), (0, 1))(x, w)
+    np.testing.assert_allclose(np.asarray(linear(x, w)), np.asarray(x @ w), rtol=1e-6)
+    for a, b in zip(ours, ref):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)

@@ -170,6 +170,7 @@ pipeline.run(config, workdir)
 """
 
 
+@pytest.mark.slow  # ~3 min on 2 cores; each trainer's kill-and-resume is in the default suite (test_fault_tolerance)
 def test_killed_mid_stage_rerun_gives_the_uninterrupted_table(pipeline_run, tiny_base_model, tmp_path, subprocess_env):
     """SIGKILL inside reasoning_rl (after its step 1 is committed), then the same command again: every stage's
     evaluation equals the uninterrupted run's (the fixture's), and the killed stage resumed from its checkpoint."""

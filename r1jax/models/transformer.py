@@ -57,6 +57,37 @@ class KVCache:
         )
 
 
+@jax.custom_vjp
+def linear(x: jax.Array, w: jax.Array) -> jax.Array:
+    """`x @ w` for x (..., I) and a 2-D weight w (I, O), with the usual gradients written out by hand.
+
+    Why by hand: the weight gradient contracts the token axis of x and of the output cotangent g, and XLA:CPU's
+    matmul wants one of the two transposed first. Left to autodiff it transposes g, which for the MLP's gate and up
+    projections is the wide (N, F) array, inside the loop fusion that computes it (SiLU's derivative): a strided
+    write that cost a third of the tiny preset's SFT step. Here the narrower of the two is the one transposed
+    (`benchmarks/op_profile.py` shows the step before and after). The math is the standard one, so other backends
+    see the same values and gradients (`tests/test_model.py` checks them against autodiff).
+    """
+    return x @ w
+
+
+def _linear_fwd(x, w):
+    return x @ w, (x, w)
+
+
+def _linear_bwd(res, g):
+    x, w = res
+    x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+    if g2.shape[-1] > x2.shape[-1]:  # transpose x (N, I), the narrower: dw = (g^T x)^T
+        dw = jnp.einsum("no,ni->oi", g2, x2).T
+    else:
+        dw = jnp.einsum("ni,no->io", x2, g2)
+    return (g @ w.T).astype(x.dtype), dw.astype(w.dtype)
+
+
+linear.defvjp(_linear_fwd, _linear_bwd)
+
+
 def _param(rngs: nnx.Rngs, shape, axes, dtype, std=0.02):
     return nnx.Param(std * jax.random.normal(rngs.params(), shape, jnp.float32).astype(dtype), logical_axes=axes)
 
@@ -115,11 +146,15 @@ class Attention(nnx.Module):
             self.bk = nnx.Param(jnp.zeros((k, dh), pd), logical_axes=("kv_heads", "head_dim"))
             self.bv = nnx.Param(jnp.zeros((k, dh), pd), logical_axes=("kv_heads", "head_dim"))
 
-    def __call__(self, x_btd, positions_bt, mask_bts, inv_freq, cache_kv=None, index=None):
+    def __call__(self, x_btd, positions_bt, bias_bts, inv_freq, cache_kv=None, index=None):
         cfg, dt = self.cfg, self.cfg.dtype
-        proj = lambda w, b: jnp.einsum("btd,dhk->bthk", x_btd, w[...].astype(dt)) + (
-            b[...].astype(dt) if cfg.qkv_bias else 0
-        )
+        b_, t_ = x_btd.shape[:2]
+
+        def proj(w, bias):  # (B, T, D) @ (D, heads, Dh) as one 2-D matmul
+            w = w[...].astype(dt)
+            out = linear(x_btd, w.reshape(w.shape[0], -1)).reshape(b_, t_, *w.shape[1:])
+            return out + (bias[...].astype(dt) if cfg.qkv_bias else 0)
+
         q = proj(self.wq, getattr(self, "bq", None))
         k = proj(self.wk, getattr(self, "bk", None))
         v = proj(self.wv, getattr(self, "bv", None))
@@ -131,13 +166,15 @@ class Attention(nnx.Module):
             cache_kv = (k, v)
         b, t, h, dh = q.shape
         kvh = cfg.num_kv_heads
-        q = q.reshape(b, t, kvh, h // kvh, dh)
-        logits = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(dt), preferred_element_type=jnp.float32)
-        logits = logits * (dh**-0.5)
-        logits = jnp.where(mask_bts[:, None, None], logits, _MASK_VALUE)
+        # Grouped layout (B, K, G, T, Dh): the batch axes lead and T sits beside Dh, the layout XLA's batched matmuls
+        # take without transposing the (…, T, S) scores; the mask enters as an additive bias (0 or _MASK_VALUE).
+        q = (q * jnp.asarray(dh**-0.5, dt)).reshape(b, t, kvh, h // kvh, dh).transpose(0, 2, 3, 1, 4)
+        logits = jnp.einsum("bkgtd,bskd->bkgts", q, k.astype(dt), preferred_element_type=jnp.float32)
+        logits = logits + bias_bts[:, None, None]
         probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(dt)).reshape(b, t, h, dh)
-        return jnp.einsum("bthk,hkd->btd", out, self.wo[...].astype(dt)), cache_kv
+        out = jnp.einsum("bkgts,bskd->bkgtd", probs, v.astype(dt)).transpose(0, 3, 1, 2, 4)
+        wo = self.wo[...].astype(dt)
+        return linear(out.reshape(b, t, h * dh), wo.reshape(h * dh, -1)), cache_kv
 
 
 class MLP(nnx.Module):
@@ -150,9 +187,9 @@ class MLP(nnx.Module):
 
     def __call__(self, x):
         dt = self.dtype
-        g = x @ self.gate[...].astype(dt)
-        u = x @ self.up[...].astype(dt)
-        return (jax.nn.silu(g) * u) @ self.down[...].astype(dt)
+        g = linear(x, self.gate[...].astype(dt))
+        u = linear(x, self.up[...].astype(dt))
+        return linear(jax.nn.silu(g) * u, self.down[...].astype(dt))
 
 
 class Block(nnx.Module):
@@ -162,8 +199,8 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(cfg.embed_dim, cfg.rms_norm_eps, cfg.param_dtype)
         self.mlp = MLP(cfg, rngs)
 
-    def __call__(self, x, positions_bt, mask_bts, inv_freq, cache_kv=None, index=None):
-        a, cache_kv = self.attn(self.attn_norm(x), positions_bt, mask_bts, inv_freq, cache_kv, index)
+    def __call__(self, x, positions_bt, bias_bts, inv_freq, cache_kv=None, index=None):
+        a, cache_kv = self.attn(self.attn_norm(x), positions_bt, bias_bts, inv_freq, cache_kv, index)
         x = x + a
         return x + self.mlp(self.mlp_norm(x)), cache_kv
 
@@ -222,6 +259,7 @@ class Transformer(nnx.Module):
             valid_bs = jax.lax.dynamic_update_slice(cache.valid_bs, mask_bt, (0, cache.index))
             slots_t = cache.index + jnp.arange(t)
             mask_bts = valid_bs[:, None, :] & (jnp.arange(cache.size)[None, None, :] <= slots_t[None, :, None])
+        bias_bts = jnp.where(mask_bts, 0.0, _MASK_VALUE).astype(jnp.float32)
         inv_freq = rope_inv_freq(cfg)
         x = jnp.take(self.embed[...], tokens_bt, axis=0, mode="clip").astype(cfg.dtype)  # pad ids may be out of range
         new_k, new_v = [], []
@@ -231,10 +269,10 @@ class Transformer(nnx.Module):
             if cfg.remat and cache is None:  # with a KV cache it is sampling: no backward pass to save memory for
                 # (and under the decode loop's trace, a lifted transform may not touch the captured parameters)
                 x, kv = nnx.remat(lambda blk, *a: blk(*a), static_argnums=())(
-                    block, x, positions_bt, mask_bts, inv_freq, kv, index
+                    block, x, positions_bt, bias_bts, inv_freq, kv, index
                 )
             else:
-                x, kv = block(x, positions_bt, mask_bts, inv_freq, kv, index)
+                x, kv = block(x, positions_bt, bias_bts, inv_freq, kv, index)
             if kv is not None:
                 new_k.append(kv[0])
                 new_v.append(kv[1])
