@@ -25,6 +25,12 @@ import sys
 import threading
 import time
 
+try:  # jax-free; absent on the torch side of a side-by-side run, which never records load
+    from r1jax import host
+except ImportError:
+    host = None
+
+STEAL_LIMIT = 0.10  # hypervisor steal above this share of CPU time marks a run loaded
 LOADED_FRACTION = 0.5  # 1-min load average above this share of the CPUs marks a run as taken on a loaded machine
 
 
@@ -48,6 +54,11 @@ def pin_threads(n: int) -> dict:
     return thread_settings()
 
 
+def _host_malloc_tuned() -> bool:
+    """r1jax.host.MALLOC_TUNED; False in a process without r1jax (the torch side of a side-by-side run)."""
+    return host is not None and host.MALLOC_TUNED
+
+
 def thread_settings() -> dict:
     """What this process (and a subprocess it starts) will run with."""
     return {
@@ -56,7 +67,10 @@ def thread_settings() -> dict:
         "threads": len(os.sched_getaffinity(0)),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "r1jax_host_malloc": os.environ.get("R1JAX_HOST_MALLOC", "tuned"),  # see r1jax.keep_freed_host_memory
+        # whether glibc's malloc keeps freed blocks in this process (r1jax.host.keep_freed_host_memory); the env var
+        # is what a subprocess will do
+        "r1jax_host_malloc": "tuned" if _host_malloc_tuned() else "default",
+        "r1jax_host_malloc_env": os.environ.get("R1JAX_HOST_MALLOC", ""),
         "pinning": "sched_setaffinity (inherited by subprocesses) + torch.set_num_threads / OMP_NUM_THREADS",
     }
 
@@ -67,10 +81,12 @@ def torch_env(n: int) -> dict:
 
 
 class LoadMonitor:
-    """Samples the 1-minute load average in a background thread; `record()` says whether the machine was loaded.
+    """Samples the 1-minute load average in a background thread, and the hypervisor's steal time over the run;
+    `record()` says whether the machine was loaded.
 
     `own_threads` is the number of busy threads the benchmark itself adds to the load average; only the load
-    beyond it counts against a run while it is going on.
+    beyond it counts against a run while it is going on. Steal above STEAL_LIMIT marks a run loaded too: this
+    VM's neighbours then had part of its CPUs (50% steal was seen on a 2-core VM with load average 1.8).
     """
 
     def __init__(self, own_threads: int, every_s: float = 5.0):
@@ -78,6 +94,7 @@ class LoadMonitor:
         self.every_s = every_s
         self.cpus = os.cpu_count() or 1
         self.before = os.getloadavg()
+        self.cpu_before = host.cpu_times() if host is not None else None
         self.samples: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -93,7 +110,8 @@ class LoadMonitor:
         after = os.getloadavg()
         during = max(self.samples + [after[0]])
         limit = LOADED_FRACTION * self.cpus
-        loaded = self.before[0] > limit or during - self.own_threads > limit
+        steal = host.steal_fraction(self.cpu_before, host.cpu_times()) if host is not None else None
+        loaded = self.before[0] > limit or during - self.own_threads > limit or (steal or 0.0) > STEAL_LIMIT
         return {
             "before": list(self.before),
             "after": list(after),
@@ -101,8 +119,10 @@ class LoadMonitor:
             "samples_1min": self.samples,
             "cpus": self.cpus,
             "own_threads": self.own_threads,
+            "steal_fraction": steal,
             "loaded": loaded,
-            "rule": f"loaded if 1-min load before > {LOADED_FRACTION} x cpus, or during minus own threads > that",
+            "rule": f"loaded if 1-min load before > {LOADED_FRACTION} x cpus, or during minus own threads > that, "
+            f"or hypervisor steal > {STEAL_LIMIT:.0%} of CPU time during the run",
         }
 
 
@@ -126,11 +146,15 @@ def spread(xs) -> dict:
 
 
 def loaded_banner(load: dict) -> str:
+    steal = load.get("steal_fraction")
+    steal_text = "" if steal is None else f", steal {steal:.0%}"
     if not load["loaded"]:
-        return f"load: idle enough (1-min {load['before'][0]:.2f} before, {load['max_1min_during']:.2f} max during)"
+        return (f"load: idle enough (1-min {load['before'][0]:.2f} before, {load['max_1min_during']:.2f} max "
+                f"during{steal_text})")
     return (
-        f"LOADED MACHINE: 1-min load {load['before'][0]:.2f} before, {load['max_1min_during']:.2f} max during, on "
-        f"{load['cpus']} CPUs; these figures measure the load as much as the code: rerun on an idle machine"
+        f"LOADED MACHINE: 1-min load {load['before'][0]:.2f} before, {load['max_1min_during']:.2f} max during"
+        f"{steal_text}, on {load['cpus']} CPUs; these figures measure the load as much as the code: rerun on an "
+        "idle machine"
     )
 
 

@@ -35,6 +35,9 @@ def get_config(arg=None):
         # solves the 2-digit task (held-out pass@1 1.0) and leaves reasoning RL nothing to show.
         c.data.num_examples = 500
         c.data.seed = 21  # not the pretraining corpus' seed, nor the RL prompts'
+        # A share of the set mixes Chinese words into the reasoning (r1jax/data/corpus.py `mix_language`), so the
+        # cold-started policy mixes languages now and then and stage 3's language reward has work to do.
+        c.data.language_mix_rate = 0.3
         c.seq_len = 256
         c.batch_size = 16
         c.num_steps = 16

@@ -4,6 +4,7 @@
     r1_zero             R1-Zero: GRPO from the base, accuracy + format                   experiments/r1_zero.py
     cold_start          SFT of the base on readable long CoT                             experiments/cold_start.py
     reasoning_rl        GRPO from cold start, + language consistency                     experiments/reasoning_rl.py
+    reasoning_rl_no_language  ablation: the same without the language reward          experiments/reasoning_rl.py
     rejection_sampling  correct, readable samples of reasoning_rl + general data  experiments/rejection_sampling.py
     rejection_sft       SFT of the base on that set, two epochs                          experiments/rejection_sft.py
     reward_model        Bradley–Terry reward model on preference pairs                   experiments/reward_model.py
@@ -55,6 +56,12 @@ STAGES = {
         experiment="reasoning_rl",
         arg="{size},{task}",
         label="3 reasoning RL",
+        inputs={"model.checkpoint": ("cold_start", "model")},
+    ),
+    "reasoning_rl_no_language": dict(
+        experiment="reasoning_rl",
+        arg="{size},{task},language=False",
+        label="3b reasoning RL without the language reward",
         inputs={"model.checkpoint": ("cold_start", "model")},
     ),
     "rejection_sampling": dict(
@@ -122,6 +129,7 @@ def get_config(arg=None):
     arg = config_lib.parse_arg(arg, tiny=True, runlocal=False, task="arithmetic")
     size = "runlocal" if arg.runlocal else "tiny"
     c = ml_collections.ConfigDict()
+    c.seed = 0  # added to every stage's seed and the evaluation's: `--config.seed=1` is another seed's whole run
     c.stages = tuple(STAGES)  # the stages to run, in this order; a stage needs the exports of the ones it starts from
     c.plan = ml_collections.ConfigDict()  # STAGES as config data: what r1jax/pipeline.py executes
     for name, stage in STAGES.items():
@@ -138,14 +146,24 @@ def get_config(arg=None):
             }
         )
         c[name] = _load(stage["experiment"], stage_arg)
+    # The pipeline's base stands in for a multilingual one: a fifth of its corpus' reasoning mixes Chinese words
+    # in (r1jax/data/corpus.py `mix_language`), so R1-Zero can show the paper's language mixing and stage 3's
+    # language reward has something to remove. The demo's base (pretrain.py:tiny) has none.
+    for base in ("stage0", "student_base"):
+        c[base].data.language_mix_rate = 0.2
     c.student_base.model.preset = "tiny-student"
     c.student_base.tokenizer.train_vocab_size = 0  # the teacher's tokenizer (stage0's), set at run time
     c.distill.init_from_scratch = False  # start from student_base, like the RL baseline
     c.student_rl.rl.num_steps = 100_000  # the wall-time budget (rl.max_time_s, set at run time) ends it
     c.student_rl.optim.decay = "constant"
     c.student_rl_time_factor = 1.0  # student_rl's wall-time budget = this × distill's measured training time
-    # Plain-language comparisons of the evaluated stages (paper 4.1): (stage a, stage b, what the line compares).
+    # Plain-language comparisons of the evaluated stages (paper 2.3, 4.1): (stage a, stage b, what the line
+    # compares[, the metric: pass@1 unless named]).
     c.comparisons = (
+        ("reasoning_rl", "cold_start", "reasoning RL vs its cold start"),
+        ("reasoning_rl", "reasoning_rl_no_language", "language reward vs none (paper 2.3.2's ablation)"),
+        ("reasoning_rl", "reasoning_rl_no_language", "language reward vs none", "language_mixing"),
+        ("cold_start", "stage0", "cold start vs the base (readability)", "format_rate"),
         ("distill", "general_rl", "student vs teacher"),
         ("distill", "student_rl", "distillation vs RL on the student (same wall time)"),
         ("distill", "student_base", "distillation vs the student's base"),

@@ -25,7 +25,7 @@ import os
 import shutil
 import time
 
-from r1jax import config_lib, evals
+from r1jax import config_lib, evals, host
 from r1jax import metrics as metrics_lib
 from r1jax.data import provenance
 from r1jax.trainers import grpo as grpo_trainer
@@ -109,6 +109,7 @@ def run_demo(workdir: str, *, seed: int = 0, seeds: int = 1, overrides=(), arg: 
                 **{m: {n: r[m][n] for name in RESULT_METRICS for n in (name, f"{name}_ci")} for m in ("base", "final")},
                 "length_ratio_last_first": r["length_ratio_last_first"],
                 "wall_time_s": r["wall_time_s"],
+                "steal_fraction": r.get("steal_fraction"),
                 "workdir": dirs[s],
             }
             for s, r in runs.items()
@@ -116,6 +117,7 @@ def run_demo(workdir: str, *, seed: int = 0, seeds: int = 1, overrides=(), arg: 
     })
     if seeds == 1:
         results["wall_time_s"] = first["wall_time_s"]
+        results["steal_fraction"] = first.get("steal_fraction")
     results = _json_safe(results)
     with open(os.path.join(workdir, "demo_results.json"), "w") as f:
         json.dump(results, f, indent=1)
@@ -176,7 +178,7 @@ def _run_seed(workdir: str, seed: int, overrides: list[str], arg: str) -> dict:
     if saved is not None:
         print(f"[demo] seed {seed}: reusing the finished results in {saved_path}")
         return saved
-    times = {}
+    times, cpu_start = {}, host.cpu_times()
     suffix = f":{arg}" if arg else ""
 
     # -- stage 0 ------------------------------------------------------------------------------------------------
@@ -230,6 +232,7 @@ def _run_seed(workdir: str, seed: int, overrides: list[str], arg: str) -> dict:
         "length_ratio_last_first": ratio,
         "length_window": window,
         "wall_time_s": times,
+        "steal_fraction": host.steal_fraction(cpu_start, host.cpu_times()),  # CPU time a VM's host took: slower walls
         "environment": provenance.environment(),
     })
     with open(saved_path, "w") as f:

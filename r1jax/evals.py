@@ -16,7 +16,10 @@ k samples per prompt at T = 0.6, top-p = 0.95 (plus one greedy), then, each with
     pass@k                 unbiased estimator (Chen et al. 2021), k = samples per prompt
     mean_length            completion tokens (EOS included)
     reflection_rate        share of responses with a re-check step (REFLECTION_RE)
-    greedy_accuracy, language_consistency
+    greedy_accuracy        strict, like pass@1, of one greedy response per prompt
+    language_consistency   the share of the chain of thought's words in the target language's script (the
+                           language reward, paper 2.3.2), averaged over responses
+    language_mixing        share of responses whose chain of thought holds any word in another script
 
 Every metric is a ratio of per-prompt sums (`metric_sums`), so the interval is a bootstrap over prompts
 (`bootstrap_ci`), and several seeds evaluated on the same prompts pool into one estimate whose interval resamples
@@ -42,7 +45,7 @@ from r1jax.rewards.extract import extract_answer
 # Headline metrics, in table order. Each also has `<name>_ci` = [low, high], a 95% bootstrap interval.
 METRICS = (
     "pass@1", "format_rate", "accuracy_given_format", "lenient_accuracy", "cons@k", "pass@k", "mean_length",
-    "reflection_rate", "greedy_accuracy", "language_consistency",
+    "reflection_rate", "greedy_accuracy", "language_consistency", "language_mixing",
 )
 LENIENT_EXTRACT = ("answer_tag", "boxed", "last_number")  # lenient accuracy: the answer found anywhere
 # A re-check step in a response ("aha moment", paper 2.2.4): one of these words or phrases, case-insensitive.
@@ -138,7 +141,9 @@ def metric_sums(
     if greedy_p is not None:
         out["greedy_accuracy"] = (np.asarray(greedy_p, bool).astype(float), ones_p)
     if language_pk is not None:
-        out["language_consistency"] = (np.asarray(language_pk, float).sum(1), samples_p)
+        language_pk = np.asarray(language_pk, float)
+        out["language_consistency"] = (language_pk.sum(1), samples_p)
+        out["language_mixing"] = ((language_pk < 1.0).sum(1).astype(float), samples_p)
     return out
 
 
@@ -160,22 +165,52 @@ def bootstrap_ci(
     interval covers both the prompt sample and training-seed variation (with one seed it is the plain bootstrap
     over prompts). Resamples with a zero denominator are left out; NaN bounds when all are.
     """
+    num, den = _seeds_by_prompts(num, den, "bootstrap_ci")
+    n_r, d_r = _resampled_sums((num, den), num_resamples, seed)
+    ok = d_r > 0
+    return _percentiles(n_r[ok] / d_r[ok], confidence)
+
+
+def bootstrap_diff_ci(
+    a: tuple, b: tuple, *, num_resamples: int = BOOTSTRAP_RESAMPLES, confidence: float = CONFIDENCE,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ratio(a) − ratio(b) for two models scored on the same prompts (and
+    seeds): a, b = (num, den) as in `bootstrap_ci`. Each resample draws the same seeds and prompts for both
+    sides, so the interval is of the paired difference, narrower than two separate intervals suggest when the
+    prompts' difficulty moves both. A difference whose interval holds 0 is not a finding."""
+    (na, da), (nb, db) = (_seeds_by_prompts(*x, "bootstrap_diff_ci") for x in (a, b))
+    if na.shape != nb.shape:
+        raise ValueError(f"bootstrap_diff_ci: a {na.shape} and b {nb.shape} must hold the same seeds × prompts")
+    na_r, da_r, nb_r, db_r = _resampled_sums((na, da, nb, db), num_resamples, seed)
+    ok = (da_r > 0) & (db_r > 0)
+    return _percentiles(na_r[ok] / da_r[ok] - nb_r[ok] / db_r[ok], confidence)
+
+
+def _seeds_by_prompts(num, den, where: str) -> tuple[np.ndarray, np.ndarray]:
     num = np.atleast_2d(np.asarray(num, float))
     den = np.ones_like(num) if den is None else np.atleast_2d(np.asarray(den, float))
     if num.shape != den.shape or num.size == 0:
-        raise ValueError(f"bootstrap_ci: num {num.shape} and den {den.shape} must be equal, non-empty shapes")
-    s, p = num.shape
+        raise ValueError(f"{where}: num {num.shape} and den {den.shape} must be equal, non-empty shapes")
+    return num, den
+
+
+def _resampled_sums(arrays, num_resamples: int, seed: int) -> list[np.ndarray]:
+    """Each (S, P) array's pooled sum under the same `num_resamples` draws of seeds and prompts."""
+    s, p = arrays[0].shape
     rng = np.random.default_rng(seed)
-    # Draw counts (multinomial) instead of indices: the pooled sum is then count_s · num · count_p.
+    # Draw counts (multinomial) instead of indices: the pooled sum is then count_s · x · count_p.
     cs = rng.multinomial(s, np.full(s, 1.0 / s), size=num_resamples).astype(float)  # (R, S)
     cp = rng.multinomial(p, np.full(p, 1.0 / p), size=num_resamples).astype(float)  # (R, P)
-    n_r = np.einsum("rs,sp,rp->r", cs, num, cp)
-    d_r = np.einsum("rs,sp,rp->r", cs, den, cp)
-    ok = d_r > 0
-    if not ok.any():
+    return [np.einsum("rs,sp,rp->r", cs, x, cp) for x in arrays]
+
+
+def _percentiles(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    """The central `confidence` interval of the resampled values; NaN bounds when none are left."""
+    if values.size == 0:
         return float("nan"), float("nan")
     tail = (1.0 - confidence) / 2 * 100
-    lo, hi = np.percentile(n_r[ok] / d_r[ok], [tail, 100 - tail])
+    lo, hi = np.percentile(values, [tail, 100 - tail])
     return float(lo), float(hi)
 
 

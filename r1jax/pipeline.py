@@ -25,7 +25,7 @@ import time
 
 import ml_collections
 
-from r1jax import config_lib, evals
+from r1jax import config_lib, evals, host
 from r1jax import metrics as metrics_lib
 from r1jax.data import provenance
 from r1jax.models import config_from_hf
@@ -124,6 +124,7 @@ def _output(c, workdir: str, stage: str, field: str, source: str, output: str, *
 def stage_config(c, stage: str, workdir: str) -> ml_collections.ConfigDict:
     """The stage's config (a copy) with the fields its plan wires to earlier stages' outputs filled in."""
     cfg = ml_collections.ConfigDict(c[stage].to_dict())
+    cfg.seed = cfg.seed + c.seed  # the pipeline's seed shifts every stage's (all 0 in the presets)
     for field, *source in c.plan[stage].inputs:
         node, name = _field_parent(cfg, field, f"plan.{stage}.inputs {field!r}")
         value = _output(c, workdir, stage, field, *source)
@@ -178,7 +179,7 @@ def run(config, workdir: str) -> dict:
     validate(c)
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    t_start, machine_start = time.perf_counter(), _machine()
+    t_start, machine_start, cpu_start = time.perf_counter(), _machine(), host.cpu_times()
     ran = []
     for stage in c.stages:
         if is_complete(workdir, stage, c.plan[stage].export):
@@ -189,6 +190,8 @@ def run(config, workdir: str) -> dict:
         ran.append(stage)
 
     rows = {}
+    eval_cfg = ml_collections.ConfigDict(c.eval.to_dict())
+    eval_cfg.seed = eval_cfg.seed + c.seed
     for stage in c.stages:
         if c.plan[stage].export != "model":
             continue
@@ -198,8 +201,8 @@ def run(config, workdir: str) -> dict:
             print(f"[pipeline] evaluating {stage}")
             metrics = {
                 k: v
-                for k, v in evals.evaluate_model_dir(
-                    c.eval, _model(workdir, stage), manifest_dir=os.path.join(workdir, stage)
+                for k, v in evals.evaluate_model_dir(  # per-prompt sums kept: several seeds pool into one interval
+                    eval_cfg, _model(workdir, stage), per_prompt=True, manifest_dir=os.path.join(workdir, stage)
                 ).items()
                 if k != "samples"
             }
@@ -245,6 +248,8 @@ def run(config, workdir: str) -> dict:
         "stages_run": ran,
         "machine_at_start": machine_start,
         "machine_at_end": _machine(),
+        # the share of CPU time the hypervisor gave other guests during this invocation: wall times scale with it
+        "steal_fraction": host.steal_fraction(cpu_start, host.cpu_times()),
         "environment": provenance.environment(),
     }
     _write_json(os.path.join(workdir, "results.json"), results)
@@ -259,11 +264,15 @@ def comparisons(rows: dict, c) -> list[str]:
     """Plain-language lines for the declared comparisons (`comparisons`, `closer_to_source`: paper 4.1), stating
     which side is better; a line whose stages were not evaluated is left out."""
     out = []
-    for a, b, what in c.comparisons:
-        if a in rows and b in rows:
-            pa, pb = rows[a]["pass@1"], rows[b]["pass@1"]
-            verdict = "better than" if pa > pb else "equal to" if pa == pb else "NOT better than"
-            out.append(f"{what}: {c.plan[a].label} pass@1 {pa:.3f} is {verdict} {c.plan[b].label} pass@1 {pb:.3f}")
+    for a, b, what, *metric in c.comparisons:  # (a, b, what[, metric]); pass@1 unless a metric is named
+        name = metric[0] if metric else "pass@1"
+        if a in rows and b in rows and name in rows[a] and name in rows[b]:
+            pa, pb = rows[a][name], rows[b][name]
+            if name == "pass@1":
+                verdict = "better than" if pa > pb else "equal to" if pa == pb else "NOT better than"
+            else:
+                verdict = "higher than" if pa > pb else "equal to" if pa == pb else "lower than"
+            out.append(f"{what}: {c.plan[a].label} {name} {pa:.3f} is {verdict} {c.plan[b].label} {name} {pb:.3f}")
     src, ((a, name_a, who_a), (b, name_b, who_b)) = c.closer_to_source.source, c.closer_to_source.sides
     if all(s in rows for s in (src, a, b)):
         p = rows[src]["pass@1"]
@@ -333,6 +342,8 @@ def results_markdown(results: dict, c) -> str:
         f"This invocation: {run['this_invocation_wall_time_s']:.0f} s, stages run: "
         f"{', '.join(run['stages_run']) or 'none'}; {run['machine_at_start']['cpus']} CPUs, load average "
         f"{run['machine_at_start']['load_average_1_5_15'][0]:.1f} at start, "
-        f"{run['machine_at_end']['load_average_1_5_15'][0]:.1f} at end.",
+        f"{run['machine_at_end']['load_average_1_5_15'][0]:.1f} at end"
+        + ("" if run.get("steal_fraction") is None else f", hypervisor steal {run['steal_fraction']:.0%}")
+        + ".",
     ]
     return "\n".join(lines) + "\n"

@@ -22,7 +22,7 @@ COMPLETIONS = [
     # a: three equivalent spellings of 42 in format, one right answer in prose
     "<think>6*7. Wait, let me re-check: 42.</think> <answer>42</answer>",  # F S L R
     "<think>6*7</think> <answer>42.</answer>",  # F S L
-    "<think>six sevens</think> <answer>$42$</answer>",  # F S L
+    "<think>six sevens, 所以</think> <answer>$42$</answer>",  # F S L; two English words, two Han characters
     "6*7 is 42.",  # L only (no tags)
     # b: a 2-2 tie between 8 and 7; the group seen first (8) wins the vote, so cons@k is wrong
     "<think>a</think> <answer>8</answer>",  # F
@@ -57,6 +57,8 @@ EXPECTED = {
     "mean_length": 7.5,
     "reflection_rate": 2 / 16,
     "greedy_accuracy": 2 / 4,
+    "language_consistency": 15.5 / 16,  # every chain of thought English but one, which is half Han
+    "language_mixing": 1 / 16,
 }
 
 
@@ -155,6 +157,23 @@ def test_bootstrap_ratio_skips_empty_denominators():
     assert all(math.isnan(v) for v in evals.bootstrap_ci(np.zeros(3), np.zeros(3)))
     with pytest.raises(ValueError, match="must be equal"):
         evals.bootstrap_ci(np.ones(3), np.ones(4))
+
+
+def test_paired_difference_interval():
+    rng = np.random.default_rng(0)
+    p = 200
+    hard = rng.random(p) < 0.5  # prompt difficulty moves both models: pairing cancels it
+    a = (np.where(hard, 1.0, 4.0) + (rng.random(p) < 0.3), np.full(p, 4.0))
+    b = (np.where(hard, 1.0, 4.0), np.full(p, 4.0))
+    lo, hi = evals.bootstrap_diff_ci(a, b)
+    diff = evals.ratio(*a) - evals.ratio(*b)
+    assert 0 < lo < diff < hi  # a is better, and the interval excludes 0
+    assert hi - lo < 0.5 * (np.subtract(*evals.bootstrap_ci(*a)[::-1]) + np.subtract(*evals.bootstrap_ci(*b)[::-1]))
+    assert evals.bootstrap_diff_ci(b, b) == (0.0, 0.0)
+    lo, hi = evals.bootstrap_diff_ci(b, a)
+    assert lo < -diff < hi < 0
+    with pytest.raises(ValueError, match="same seeds"):
+        evals.bootstrap_diff_ci(a, (np.ones(3), np.ones(3)))
 
 
 def test_seeds_widen_the_interval_when_seeds_disagree():

@@ -148,6 +148,14 @@ def test_comparisons_state_which_student_is_closer_to_the_data_source():
     assert pipeline_lib.comparisons(rows, config)[-1].endswith("|Δ| 0.020, RL student |Δ| 0.010 → RL")
     del rows["student_rl"]  # a stage not run: its lines are left out
     assert len(pipeline_lib.comparisons(rows, config)) == 2
+    # The language-reward ablation compares pass@1 and, named in its declaration, language mixing.
+    rows = {"reasoning_rl": {"pass@1": 0.9, "language_mixing": 0.05},
+            "reasoning_rl_no_language": {"pass@1": 0.92, "language_mixing": 0.25}}
+    lines = pipeline_lib.comparisons(rows, config)
+    assert len(lines) == 2 and "pass@1 0.900 is NOT better than" in lines[0] and "pass@1 0.920" in lines[0]
+    assert "language_mixing 0.050 is lower than 3b reasoning RL without the language reward language_mixing 0.250" in (
+        lines[1]
+    )
 
 
 def test_tiny_stages_share_the_evaluation_distribution():
@@ -270,6 +278,29 @@ def test_cold_start_records_are_correct_and_in_the_output_format():
         )
         == [1.0] * 50
     )
+
+
+def test_cold_start_language_mixing_puts_a_second_script_in_that_share_of_the_reasoning():
+    from r1jax.rewards.language import language_consistency
+
+    task = tasks_lib.get_task("arithmetic")
+    clean = corpus.cold_start_records(task, 400, seed=0, difficulty=1, template="short")
+    mixed = corpus.cold_start_records(task, 400, seed=0, difficulty=1, template="short", language_mix_rate=0.3)
+    scores = np.array([language_consistency(think_text(r["response"])) for r in mixed])
+    assert all(language_consistency(think_text(r["response"])) == 1.0 for r in clean)
+    assert 0.22 < np.mean(scores < 1.0) < 0.38  # about 30% of responses mix Han into the reasoning
+    assert 0.0 < np.median(scores[scores < 1.0]) < 1.0  # mixed, not translated: usually English words are left too
+    for c, m in zip(clean, mixed):  # same questions, same answers; only the reasoning's words change
+        assert c["prompt"] == m["prompt"] and summary_text(c["response"]) == summary_text(m["response"])
+        assert format_ok(m["response"], "strict")
+    with pytest.raises(ValueError, match="language_mix_rate=1.5"):
+        corpus.cold_start_records(task, 4, seed=0, difficulty=1, template="short", language_mix_rate=1.5)
+    # The pretraining corpus mixes the same way, on its own random stream: without mixing it is unchanged.
+    kw = dict(seed=0, difficulty=1, template="short", format_rate=0.5, error_rate=0.2)
+    plain, mixed = (corpus.pretraining_records(task, 400, language_mix_rate=r, **kw) for r in (0.0, 0.2))
+    assert plain == corpus.pretraining_records(task, 400, **kw)
+    share = np.mean([language_consistency(r["response"].replace("</answer>", "")) < 1.0 for r in mixed])
+    assert 0.13 < share < 0.27
 
 
 def test_preference_pairs():

@@ -20,8 +20,22 @@ reasoning, which the built-in tasks' worked solutions already end with.
 from __future__ import annotations
 
 import random
+import re
 
 from r1jax.tokenizer import apply_template
+
+# Language mixing (paper 2.3.2: R1-Zero's chains of thought mix languages): words of the built-in tasks' worked
+# solutions and their Chinese renderings. `mix_language` swaps some of them, so a reasoning block holds a second
+# script, the case the language-consistency reward exists for. Any word not listed stays English.
+SECOND_LANGUAGE = {
+    "write": "写",
+    "carry": "进位",
+    "borrow": "借位",
+    "shifted": "移位",
+    "So": "所以",
+    "Wait, let me re-check": "等等，再检查",
+}
+_MIX_RE = re.compile(r"\b(" + "|".join(re.escape(w) for w in sorted(SECOND_LANGUAGE, key=len, reverse=True)) + r")\b")
 
 
 def tagged_response(reasoning: str, answer: str) -> str:
@@ -51,16 +65,19 @@ def pretraining_records(
     direct_rate: float = 0.0,
     direct_error_rate: float = 0.0,
     recheck_rate: float = 0.0,
+    language_mix_rate: float = 0.0,
 ) -> list[dict]:
     """SFT records {id, prompt, response} of mixed quality for stage 0.
 
     Each record takes one solution style: a one-step direct answer with probability `direct_rate` (wrong with
     probability `direct_error_rate`), a worked solution whose slip is caught by a re-check step with probability
     `recheck_rate`, otherwise a worked solution that holds a mistake with probability `error_rate`. The R1 tags
-    wrap a `format_rate` share of every style, so the tags alone do not tell a good answer from a bad one.
+    wrap a `format_rate` share of every style, so the tags alone do not tell a good answer from a bad one. A
+    `language_mix_rate` share of the reasoning mixes in a second script (`mix_language`), as a multilingual base
+    model's does (the paper's R1-Zero mixes languages).
     """
     rates = dict(format_rate=format_rate, error_rate=error_rate, direct_rate=direct_rate)
-    rates.update(direct_error_rate=direct_error_rate, recheck_rate=recheck_rate)
+    rates.update(direct_error_rate=direct_error_rate, recheck_rate=recheck_rate, language_mix_rate=language_mix_rate)
     for name, v in rates.items():
         if not 0 <= v <= 1:
             raise ValueError(f"data.{name}={v}: must be in [0, 1]")
@@ -73,6 +90,7 @@ def pretraining_records(
             "worked solutions; set both to 0"
         )
     rng = random.Random(seed)
+    mix_rng = random.Random(f"language-mix/{seed}")  # its own stream: a corpus without mixing stays what it was
     out = []
     for ex in task.generate(n, seed=seed, difficulty=difficulty, split="train"):  # training data: train split only
         # Without styles no extra draw is made, so the corpus of a worked-only preset stays what it was.
@@ -83,18 +101,46 @@ def pretraining_records(
             reasoning, answer = task.rechecked_solution(ex, rng)
         else:
             reasoning, answer = task.noisy_solution(ex, rng, error_rate)
+        if language_mix_rate and mix_rng.random() < language_mix_rate:
+            reasoning = mix_language(reasoning, mix_rng)
         render = tagged_response if rng.random() < format_rate else plain_response
         prompt = apply_template(ex.question, template)
         out.append({"id": ex.id, "prompt": prompt, "response": render(reasoning, answer)})
     return out
 
 
-def cold_start_records(task, n: int, *, seed: int, difficulty: int, template: str) -> list[dict]:
-    """Clean, readable long-CoT records for stage 2: `<think> reasoning </think> <answer> summary </answer>`,
-    every solution correct and in the format (see the module docstring for the mapping to the paper's)."""
+def mix_language(text: str, rng: random.Random, word_rate: float = 0.5) -> str:
+    """`text` with each word of SECOND_LANGUAGE swapped for its Chinese rendering with probability `word_rate`
+    (at least one swapped when any occurs): reasoning that mixes two scripts."""
+    hits = list(_MIX_RE.finditer(text))
+    if not hits:
+        return text
+    keep = {rng.randrange(len(hits))}  # at least one word in the second script
+    keep |= {i for i in range(len(hits)) if rng.random() < word_rate}
+    parts, last = [], 0
+    for i, m in enumerate(hits):
+        parts += [text[last : m.start()], SECOND_LANGUAGE[m.group(0)] if i in keep else m.group(0)]
+        last = m.end()
+    return "".join(parts) + text[last:]
+
+
+def cold_start_records(
+    task, n: int, *, seed: int, difficulty: int, template: str, language_mix_rate: float = 0.0
+) -> list[dict]:
+    """Readable long-CoT records for stage 2: `<think> reasoning </think> <answer> summary </answer>`, every
+    solution correct and in the format (see the module docstring for the mapping to the paper's). A
+    `language_mix_rate` share of them mix a second script into the reasoning (`mix_language`): cold-start data
+    gathered from R1-Zero outputs and human post-processing is not perfectly clean, and the mixing it leaves is what
+    stage 3's language-consistency reward has to remove."""
+    if not 0 <= language_mix_rate <= 1:
+        raise ValueError(f"data.language_mix_rate={language_mix_rate}: must be in [0, 1]")
+    rng = random.Random(f"language-mix/{seed}")
     out = []
     for ex in task.generate(n, seed=seed, difficulty=difficulty, split="train"):  # training data: train split only
-        response = cold_start_response(task.worked_solution(ex), ex.answer)
+        reasoning = task.worked_solution(ex)
+        if language_mix_rate and rng.random() < language_mix_rate:
+            reasoning = mix_language(reasoning, rng)
+        response = cold_start_response(reasoning, ex.answer)
         out.append({"id": ex.id, "prompt": apply_template(ex.question, template), "response": response})
     return out
 

@@ -50,6 +50,7 @@ def sft_config() -> ml_collections.ConfigDict:
     c.data.direct_rate = 0.0  # pretrain corpus: fraction of one-step direct answers (tasks with solution styles)
     c.data.direct_error_rate = 0.0  # pretrain corpus: fraction of direct answers that are wrong
     c.data.recheck_rate = 0.0  # pretrain corpus: fraction of worked solutions whose slip a re-check step fixes
+    c.data.language_mix_rate = 0.0  # built-in corpora: fraction of responses mixing a second script into the reasoning
     c.data.files = ()
     c.data.prompt_field = "prompt"
     c.data.response_field = "response"
@@ -74,6 +75,8 @@ def validate(c, num_devices: int | None = None) -> None:
     for f in c.data.files:
         if not os.path.exists(f):
             raise ValueError(f"data.files: no such file {f!r}")
+    if not 0 <= c.data.language_mix_rate <= 1:
+        raise ValueError(f"data.language_mix_rate={c.data.language_mix_rate}: must be in [0, 1]")
     if c.num_steps < 1:
         raise ValueError(f"num_steps={c.num_steps}: must be >= 1")
     if c.num_epochs < 0:
@@ -117,9 +120,10 @@ def load_records(c, workdir: str | None = None) -> list[dict] | list[str]:
             direct_rate=c.data.direct_rate,
             direct_error_rate=c.data.direct_error_rate,
             recheck_rate=c.data.recheck_rate,
+            language_mix_rate=c.data.language_mix_rate,
             **kw,
         )
-    return corpus.cold_start_records(task, c.data.num_examples, **kw)
+    return corpus.cold_start_records(task, c.data.num_examples, language_mix_rate=c.data.language_mix_rate, **kw)
 
 
 def epoch_steps(records, num_epochs: int, data_kw: dict) -> int:
