@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from r1jax import config_lib, kernels, train_state
+from r1jax import config_lib, evals, kernels, train_state
 from r1jax import pipeline as pipeline_lib
 from r1jax.data import corpus, preferences
 from r1jax.data import tasks as tasks_lib
@@ -118,11 +118,19 @@ def test_results_table_has_a_row_per_evaluated_stage(pipeline_run):
             assert stage in ("rejection_sampling", "reward_model") and "pass@1" not in results["stages"][stage]
             continue
         m = results["stages"][stage]
-        for key in ("pass@1", "cons@k", "format_rate", "language_consistency"):
-            assert 0.0 <= m[key] <= 1.0, (stage, key, m[key])
+        # The table's figures are the stage's per-prompt sums pooled (what several seeds pool from), and pass@1
+        # decomposes into format × accuracy among formatted answers.
+        sums = evals.prompt_sums_from_json(m["per_prompt"])
+        for key in ("pass@1", "cons@k", "format_rate", "language_consistency", "language_mixing", "mean_length"):
+            assert m[key] == pytest.approx(evals.ratio(*sums[key]), abs=1e-12), (stage, key)
+        if m["format_rate"] > 0:
+            assert m["pass@1"] == pytest.approx(m["format_rate"] * m["accuracy_given_format"], abs=1e-12), stage
         assert 0 < m["mean_length"] <= 16  # runlocal samples at most 16 tokens
     assert results["stages"]["distill"]["num_params"] < results["stages"]["general_rl"]["num_params"]
-    assert 0.0 <= results["reward_model"]["eval/pairwise_accuracy"] <= 1.0
+    rm = results["reward_model"]  # a share of the held-out pairs: a whole number of them
+    assert rm["eval/pairwise_accuracy"] * rm["data/num_eval_pairs"] == pytest.approx(
+        round(rm["eval/pairwise_accuracy"] * rm["data/num_eval_pairs"]), abs=1e-6
+    )
     assert results["rejection_sampling"]["data"]["num_rows"] > 0
     assert "Reward model, held-out pairwise accuracy" in table and "Rejection sampling, kept fraction" in table
     assert any("student vs teacher" in line for line in results["comparisons"])
