@@ -136,6 +136,26 @@ def test_results_table_has_a_row_per_evaluated_stage(pipeline_run):
     assert any("student vs teacher" in line for line in results["comparisons"])
 
 
+def test_pipeline_seeds_pools_runs_with_paired_intervals(pipeline_run):
+    """benchmarks/pipeline_seeds.py's pooling, on this run given twice as two seeds: the pooled figures are the
+    run's own, and a comparison's paired difference is the difference of the two stages, inside its interval."""
+    workdir, config, _ = pipeline_run
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    import pipeline_seeds
+
+    out = pipeline_seeds.pooled([workdir, workdir], config)
+    single = json.load(open(os.path.join(workdir, "results.json")))["stages"]
+    assert set(out["stages"]) == {s for s in TEST_STAGES if config.plan[s].export == "model"}
+    for stage, e in out["stages"].items():
+        assert e["pass@1"] == pytest.approx(single[stage]["pass@1"], abs=1e-12), stage
+        assert e["per_seed_pass@1"] == [pytest.approx(single[stage]["pass@1"], abs=1e-12)] * 2
+    (c,) = [c for c in out["comparisons"] if c.get("a") == "reasoning_rl" and c.get("b") == "cold_start"]
+    assert c["diff"] == pytest.approx(single["reasoning_rl"]["pass@1"] - single["cold_start"]["pass@1"], abs=1e-12)
+    assert c["diff_ci"][0] <= c["diff"] + 1e-12 and c["diff"] <= c["diff_ci"][1] + 1e-12
+    assert len(out["reports"]["reward_model"]) == 2
+    assert "reward model held-out pairwise accuracy" in pipeline_seeds.markdown(out)
+
+
 def test_rerun_skips_complete_stages(pipeline_run):
     workdir, config, _ = pipeline_run
     marker = os.path.join(workdir, "reasoning_rl", "metrics.jsonl")
