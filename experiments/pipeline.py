@@ -23,8 +23,8 @@ fills those fields in at run time and runs the file's ENTRY. A stage whose expor
 a re-run after a crash continues at the unfinished stage (whose trainer resumes from its own checkpoints).
 Writes WORKDIR/results.md and WORKDIR/results.json.
 
-Args: `tiny` (the default; 23 minutes for one seed on 2 CPU cores with 2% hypervisor steal, benchmarks/RESULTS.md), `runlocal` (2 steps per stage, for
-tests), `task=<name>`.
+Args: `tiny` (the default; 23 minutes for one seed on 2 CPU cores with 2% hypervisor steal, benchmarks/RESULTS.md),
+`runlocal` (2 steps per stage, for tests), `task=<name>`.
 """
 
 import os
