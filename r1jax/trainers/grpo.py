@@ -211,7 +211,7 @@ def _train(c, workdir: str, reward_fn) -> dict:
                 time.sleep(c.debug.step_sleep_s)
             loop.end_step(step, state, m, queue.get_state)
         if not loop.preempted and run.evaluator:
-            final_eval = run.evaluator(state.params)
+            final_eval = run.evaluator(state.params, return_per_prompt=True)  # per-prompt sums: seeds pool them
             loop.write(loop.step, _scalars(final_eval))
     if loop.preempted:
         return {"preempted_at": loop.step, **loop.metrics}
@@ -226,4 +226,4 @@ def _train(c, workdir: str, reward_fn) -> dict:
 
 def _scalars(eval_metrics: dict) -> dict:
     """An evaluation's scalar metrics as `eval/...` (intervals and per-prompt arrays are left out)."""
-    return {f"eval/{k}": v for k, v in eval_metrics.items() if np.ndim(v) == 0}
+    return {f"eval/{k}": v for k, v in eval_metrics.items() if not isinstance(v, dict) and np.ndim(v) == 0}
