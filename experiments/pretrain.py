@@ -8,8 +8,9 @@ answer), so that the base model follows the format part of the time and is right
 
 Args: `tiny` (2-core CPU, minutes; the default) or `runlocal` (a few steps, for tests). `headroom` (arithmetic
 only) swaps in a harder base: 3-digit sums (difficulty 6) whose corpus mixes one-step direct answers (often
-wrong), worked column solutions and worked solutions whose slip a "Wait, let me re-check:" step fixes, the tags on
-half of every style; R1-Zero from it has to move the policy toward worked, checked solutions to gain accuracy:
+wrong), direct answers followed by "Wait, let me re-check:" and the columns worked out, worked column solutions,
+and worked solutions whose slip a re-check fixes, the tags on half of every style; R1-Zero from it has to move the
+policy toward worked or re-checked solutions to gain accuracy:
 
     r1jax train --config experiments/pretrain.py:tiny,headroom --workdir /tmp/r1jax/stage0_headroom
     r1jax train --config experiments/r1_zero.py:tiny,headroom --workdir /tmp/r1jax/r1_zero_headroom \\
@@ -48,9 +49,10 @@ def get_config(arg=None):
     if arg.headroom:
         c.data.difficulty = 6  # 3-digit + 3-digit: a ~1M model cannot add these in one step
         c.data.format_rate = 0.5  # the tags wrap half of every style, so format alone is not the story
-        c.data.direct_rate = 0.5  # one-step answers: short, and often wrong ...
+        c.data.direct_rate = 0.4  # one-step answers: short, and often wrong ...
         c.data.direct_error_rate = 0.3  # ... in the corpus too
-        c.data.recheck_rate = 0.15  # worked solutions whose slip a re-check step catches and fixes
+        c.data.checked_direct_rate = 0.2  # a one-step answer, then "Wait, let me re-check:" and the worked columns
+        c.data.recheck_rate = 0.1  # worked solutions whose slip a re-check step catches and fixes
         c.num_steps = 900  # 600 steps learn the worked form but misread operand digits (held-out accuracy ~0.07)
     if arg.runlocal:
         c.data.num_examples = 400

@@ -280,28 +280,54 @@ def test_direct_solutions_are_one_step_and_wrong_at_the_set_rate():
     assert 0.23 < wrong < 0.37
 
 
+def test_checked_direct_solution_guesses_then_works_the_columns():
+    task = get_task("arithmetic")
+    for e in task.generate(50, seed=4, difficulty=6):
+        for error_rate in (0.0, 1.0):
+            text, answer = task.checked_direct_solution(e, random.Random(e.id), error_rate)
+            guess, _ = task.direct_solution(e, random.Random(e.id), error_rate)  # the same draw
+            assert text == f"{guess} Wait, let me re-check: {task.worked_solution(e)}" and answer == e.answer
+            assert text.endswith(f"So {e.meta['a']}+{e.meta['b']}={e.answer}.")
+            assert (guess == f"{e.meta['a']}+{e.meta['b']}={e.answer}.") == (error_rate == 0.0)
+
+
 def test_pretraining_corpus_mixes_styles_at_the_set_rates():
     task = get_task("arithmetic")
     kw = dict(seed=0, difficulty=6, template="short", format_rate=0.5, error_rate=0.2)
-    records = corpus.pretraining_records(task, 2000, direct_rate=0.4, direct_error_rate=0.5, recheck_rate=0.2, **kw)
-    gold = {e.id: e for e in task.generate(2000, seed=0, difficulty=6, split="train")}
-    styles = {"direct": [], "recheck": [], "worked": []}
+    records = corpus.pretraining_records(
+        task, 3000, direct_rate=0.4, direct_error_rate=0.5, recheck_rate=0.2, checked_direct_rate=0.15, **kw
+    )
+    gold = {e.id: e for e in task.generate(3000, seed=0, difficulty=6, split="train")}
+    styles = {"direct": [], "recheck": [], "checked_direct": [], "worked": []}
+    guesses_right = []
     for r in records:
         tagged = r["response"].startswith(" <think> ")
         m = re.search(r"<answer> (\d+) </answer>$" if tagged else r"The answer is (\d+)\.$", r["response"])
-        style = "recheck" if "re-check" in r["response"] else "worked" if " So " in r["response"] else "direct"
+        guess = re.match(r" (?:<think> )?(\d+)\+(\d+)=(\d+)\. Wait, let me re-check: ", r["response"])
+        if guess:  # a one-step answer, then the columns worked out: the re-check's result is the answer
+            style = "checked_direct"
+            guesses_right.append(task.verify(guess.group(3), gold[r["id"]]))
+        else:
+            style = "recheck" if "re-check" in r["response"] else "worked" if " So " in r["response"] else "direct"
         styles[style].append((tagged, task.verify(m.group(1), gold[r["id"]])))
     shares = {s: len(v) / len(records) for s, v in styles.items()}
     assert abs(shares["direct"] - 0.4) < 0.04 and abs(shares["recheck"] - 0.2) < 0.03, shares
+    assert abs(shares["checked_direct"] - 0.15) < 0.03, shares
     for style, rows in styles.items():  # the R1 tags wrap every style about equally often
-        assert abs(np.mean([t for t, _ in rows]) - 0.5) < 0.07, style
+        assert abs(np.mean([t for t, _ in rows]) - 0.5) < 0.08, style
     accuracy = {s: np.mean([ok for _, ok in v]) for s, v in styles.items()}
     assert accuracy["recheck"] == 1.0 and abs(accuracy["direct"] - 0.5) < 0.06 and abs(accuracy["worked"] - 0.8) < 0.05
+    # The re-checked guesses are as often wrong as the direct answers; the re-check's answer is always right.
+    assert accuracy["checked_direct"] == 1.0 and abs(np.mean(guesses_right) - 0.5) < 0.1
     # Without styles the corpus is the worked-solution corpus it always was (no extra random draws).
     plain = corpus.pretraining_records(task, 50, **kw)
     assert plain == corpus.pretraining_records(task, 50, direct_rate=0.0, recheck_rate=0.0, **kw)
     assert all(" So " in r["response"] and "re-check" not in r["response"] for r in plain)
     with pytest.raises(ValueError, match="data.direct_rate=0.7"):
         corpus.pretraining_records(task, 5, direct_rate=0.7, recheck_rate=0.4, **kw)
+    with pytest.raises(ValueError, match=r"data.checked_direct_rate=0.5: their sum must be at most 1"):
+        corpus.pretraining_records(task, 5, direct_rate=0.6, checked_direct_rate=0.5, **kw)
     with pytest.raises(ValueError, match="task 'countdown' has only worked solutions"):
         corpus.pretraining_records(get_task("countdown"), 5, direct_rate=0.5, **kw)
+    with pytest.raises(ValueError, match="task 'countdown' has only worked solutions"):
+        corpus.pretraining_records(get_task("countdown"), 5, checked_direct_rate=0.5, **kw)

@@ -65,30 +65,34 @@ def pretraining_records(
     direct_rate: float = 0.0,
     direct_error_rate: float = 0.0,
     recheck_rate: float = 0.0,
+    checked_direct_rate: float = 0.0,
     language_mix_rate: float = 0.0,
 ) -> list[dict]:
     """SFT records {id, prompt, response} of mixed quality for stage 0.
 
     Each record takes one solution style: a one-step direct answer with probability `direct_rate` (wrong with
     probability `direct_error_rate`), a worked solution whose slip is caught by a re-check step with probability
-    `recheck_rate`, otherwise a worked solution that holds a mistake with probability `error_rate`. The R1 tags
+    `recheck_rate`, a direct answer (as wrong as the direct ones) followed by a re-check that works the problem out
+    column by column with probability `checked_direct_rate`, otherwise a worked solution that holds a mistake with
+    probability `error_rate`. The R1 tags
     wrap a `format_rate` share of every style, so the tags alone do not tell a good answer from a bad one. A
     `language_mix_rate` share of the reasoning mixes in a second script (`mix_language`), as a multilingual base
     model's does (the paper's R1-Zero mixes languages).
     """
     rates = dict(format_rate=format_rate, error_rate=error_rate, direct_rate=direct_rate)
-    rates.update(direct_error_rate=direct_error_rate, recheck_rate=recheck_rate, language_mix_rate=language_mix_rate)
+    rates.update(direct_error_rate=direct_error_rate, recheck_rate=recheck_rate,
+                 checked_direct_rate=checked_direct_rate, language_mix_rate=language_mix_rate)
     for name, v in rates.items():
         if not 0 <= v <= 1:
             raise ValueError(f"data.{name}={v}: must be in [0, 1]")
-    if direct_rate + recheck_rate > 1:
-        raise ValueError(f"data.direct_rate={direct_rate} + data.recheck_rate={recheck_rate}: must be at most 1")
-    styled = direct_rate > 0 or recheck_rate > 0
-    if styled and not (hasattr(task, "direct_solution") and hasattr(task, "rechecked_solution")):
-        raise ValueError(
-            f"data.direct_rate={direct_rate}, data.recheck_rate={recheck_rate}: task {task.name!r} has only "
-            "worked solutions; set both to 0"
-        )
+    styles = dict(direct_rate=direct_rate, recheck_rate=recheck_rate, checked_direct_rate=checked_direct_rate)
+    named = ", ".join(f"data.{k}={v}" for k, v in styles.items())
+    if sum(styles.values()) > 1:
+        raise ValueError(f"{named}: their sum must be at most 1")
+    styled = any(styles.values())
+    needed = ("direct_solution", "rechecked_solution", "checked_direct_solution")
+    if styled and not all(hasattr(task, name) for name in needed):
+        raise ValueError(f"{named}: task {task.name!r} has only worked solutions; set them to 0")
     rng = random.Random(seed)
     mix_rng = random.Random(f"language-mix/{seed}")  # its own stream: a corpus without mixing stays what it was
     out = []
@@ -99,6 +103,8 @@ def pretraining_records(
             reasoning, answer = task.direct_solution(ex, rng, direct_error_rate)
         elif u < direct_rate + recheck_rate:
             reasoning, answer = task.rechecked_solution(ex, rng)
+        elif u < direct_rate + recheck_rate + checked_direct_rate:
+            reasoning, answer = task.checked_direct_solution(ex, rng, direct_error_rate)
         else:
             reasoning, answer = task.noisy_solution(ex, rng, error_rate)
         if language_mix_rate and mix_rng.random() < language_mix_rate:

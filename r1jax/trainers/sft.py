@@ -50,6 +50,7 @@ def sft_config() -> ml_collections.ConfigDict:
     c.data.direct_rate = 0.0  # pretrain corpus: fraction of one-step direct answers (tasks with solution styles)
     c.data.direct_error_rate = 0.0  # pretrain corpus: fraction of direct answers that are wrong
     c.data.recheck_rate = 0.0  # pretrain corpus: fraction of worked solutions whose slip a re-check step fixes
+    c.data.checked_direct_rate = 0.0  # pretrain corpus: fraction of direct answers a worked re-check follows
     c.data.language_mix_rate = 0.0  # built-in corpora: fraction of responses mixing a second script into the reasoning
     c.data.files = ()
     c.data.prompt_field = "prompt"
@@ -120,6 +121,7 @@ def load_records(c, workdir: str | None = None) -> list[dict] | list[str]:
             direct_rate=c.data.direct_rate,
             direct_error_rate=c.data.direct_error_rate,
             recheck_rate=c.data.recheck_rate,
+            checked_direct_rate=c.data.checked_direct_rate,
             language_mix_rate=c.data.language_mix_rate,
             **kw,
         )

@@ -243,6 +243,18 @@ class ArithmeticTask:
             result = result[:k] + str(rng.choice(choices)) + result[k + 1 :]
         return f"{a}{op}{b}={result}.", result
 
+    def checked_direct_solution(self, example: Example, rng: Any, error_rate: float) -> tuple[str, str]:
+        """(solution, answer): a one-step answer (`direct_solution`, wrong with probability `error_rate`) that a
+        re-check works out column by column, the worked result being the answer (always right):
+
+            347+85=431. Wait, let me re-check: 7+5=12, write 2, carry 1. 4+8+1=13, write 3, carry 1. 3+0+1=4,
+            write 4. So 347+85=432.
+
+        The re-check follows a right guess as often as a wrong one, so its appearance tells nothing; what it buys
+        is the worked answer in place of the guess, which is why RL on accuracy can raise how often it is used."""
+        guess, _ = self.direct_solution(example, rng, error_rate)
+        return f"{guess} Wait, let me re-check: {self.worked_solution(example)}", example.answer
+
     def rechecked_solution(self, example: Example, rng: Any) -> tuple[str, str]:
         """(solution, answer): a worked solution with a slip in one step that the next sentence catches,
 
