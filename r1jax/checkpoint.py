@@ -35,6 +35,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from r1jax.config_lib import safe_path  # config paths and model loading share one check
+from r1jax.models import save_hf_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -312,8 +313,6 @@ class PreemptionGuard:
 
 def export_model(model, tokenizer, path: str) -> str:
     """Write model (HF safetensors) and tokenizer to `path` atomically (temp dir, then rename)."""
-    from r1jax.models import save_hf_checkpoint
-
     if jax.process_index() != 0:
         return path
     tmp = path.rstrip("/") + ".tmp"

@@ -8,12 +8,15 @@ are sharded over ('data', 'fsdp'). The same code runs on 1 device, on 8 fake CPU
 from __future__ import annotations
 
 import math
+import types
 
 import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from r1jax.models import Transformer
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -139,12 +142,6 @@ def memory_estimate(
     the remat figure: at Qwen2.5-0.5B, 16 × 384 tokens, f32, its buffer assignment holds 26.8 GiB of temporaries
     where this gives 11.7 GiB in all (benchmarks/grpo_memory.py; measurements in docs/scaling.md, cause not isolated).
     """
-    import types
-
-    from flax import nnx
-
-    from r1jax.models import Transformer
-
     cfg = model_cfg if remat is None else model_cfg.replace(remat=remat)
     shape = dict(zip(MESH_AXES, (int(s) for s in mesh_shape)))
     if len(shape) != 3 or min(shape.values()) < 1:

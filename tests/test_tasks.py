@@ -331,3 +331,33 @@ def test_pretraining_corpus_mixes_styles_at_the_set_rates():
         corpus.pretraining_records(get_task("countdown"), 5, direct_rate=0.5, **kw)
     with pytest.raises(ValueError, match="task 'countdown' has only worked solutions"):
         corpus.pretraining_records(get_task("countdown"), 5, checked_direct_rate=0.5, **kw)
+
+
+def test_reflection_kinds_tell_a_checked_guess_from_a_checked_step():
+    """benchmarks/reflection_kinds.py, on hand-written completions for 624+949=1573."""
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+    import reflection_kinds
+
+    task = get_task("arithmetic")
+    rec = {"id": "q", "answer": "1573"}
+    cols = "4+9=13, write 3, carry 1. 2+4+1=7, write 7. 6+9=15, write 5, carry 1. write 1. So 624+949=1573."
+    texts = [
+        f"<think> 624+949=1563. Wait, let me re-check: {cols} </think> <answer> 1573 </answer>",  # wrong guess, fixed
+        f"624+949=1573. Wait, let me re-check: {cols} The answer is 1573.",  # right guess, confirmed
+        "<think> 4+9=13, write 3, carry 1. 2+4+1=7, write 7. Wait, let me re-check: 2+4+1=7, write 7. 6+9=15, "
+        "write 5, carry 1. write 1. So 624+949=1573. </think> <answer> 1573 </answer>",  # a step confirmed
+        "<think> 4+9=13, write 3, carry 1. 2+4+1=8, write 8. Wait, let me re-check: 2+4+1=7, write 7. 6+9=15, "
+        "write 5, carry 1. write 1. So 624+949=1573. </think> <answer> 1573 </answer>",  # a step fixed
+        "<think> 624+949=1563. </think> <answer> 1563 </answer>",
+        f"<think> {cols} </think> <answer> 1573 </answer>",
+    ]
+    samples = [{"id": "q", "completion": t, "correct": i != 4} for i, t in enumerate(texts)]
+    got = reflection_kinds.kinds(samples, [rec], task)
+    assert got == {
+        "samples": 6, "guess, re-checked": 2, "guess, re-checked: guess wrong": 1,
+        "guess, re-checked: guess wrong, answer right": 1, "step, re-checked": 2,
+        "step, re-checked: the step changed": 1, "direct": 1, "worked": 1,
+    }
