@@ -74,10 +74,9 @@ def pretraining_records(
     probability `direct_error_rate`), a worked solution whose slip is caught by a re-check step with probability
     `recheck_rate`, a direct answer (as wrong as the direct ones) followed by a re-check that works the problem out
     column by column with probability `checked_direct_rate`, otherwise a worked solution that holds a mistake with
-    probability `error_rate`. The R1 tags
-    wrap a `format_rate` share of every style, so the tags alone do not tell a good answer from a bad one. A
-    `language_mix_rate` share of the reasoning mixes in a second script (`mix_language`), as a multilingual base
-    model's does (the paper's R1-Zero mixes languages).
+    probability `error_rate`. The R1 tags wrap a `format_rate` share of every style, so the tags alone do not tell
+    a good answer from a bad one. A `language_mix_rate` share of the reasoning mixes in a second script
+    (`mix_language`), as a multilingual base model's does (the paper's R1-Zero mixes languages).
     """
     rates = dict(format_rate=format_rate, error_rate=error_rate, direct_rate=direct_rate)
     rates.update(direct_error_rate=direct_error_rate, recheck_rate=recheck_rate,
