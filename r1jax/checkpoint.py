@@ -35,7 +35,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from r1jax.config_lib import safe_path  # config paths and model loading share one check
-from r1jax.models import save_hf_checkpoint
+from r1jax.models import load_hf_checkpoint, save_hf_checkpoint
+from r1jax.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -333,9 +334,6 @@ def load_model(path: str, *, dtype="float32", allowed_root: str = "", **config_o
     `allowed_root` (config `model.allowed_root`), when set, confines `path` to that directory (`safe_path`).
     Weights are read from safetensors only (no pickle); a file that is not safetensors raises CheckpointError.
     """
-    from r1jax.models import load_hf_checkpoint
-    from r1jax.tokenizer import load_tokenizer
-
     if allowed_root:
         path = safe_path(path, allowed_root)
     if not os.path.isdir(path):
