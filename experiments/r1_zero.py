@@ -54,6 +54,7 @@ def get_config(arg=None):
         if arg.headroom:  # the base of experiments/pretrain.py:tiny,headroom
             c.data.difficulty = 6
             c.sampling.max_new_tokens = 128  # 3-digit sums: worked <= 86 tokens with EOS, re-checked <= 112
+            c.eval.every = 20  # 64 prompts × 4 samples of up to 128 tokens: an evaluation costs ~3 RL steps
     elif arg.model in REAL_MODELS:
         c.template = "r1_zero"
         c.model.dtype = "bfloat16"

@@ -1,10 +1,13 @@
 """`r1jax demo`: the built-in default end to end on a laptop CPU.
 
-    stage 0  pretrain a tiny base model on mixed-quality worked solutions   (experiments/pretrain.py:tiny)
+    stage 0  pretrain a tiny base model on 3-digit sums solved directly (often wrong), column by column, or
+             guessed and then re-checked                                     (experiments/pretrain.py:tiny,headroom)
     eval     the base model on held-out prompts (r1jax.evals: pass@1 over k samples at T = 0.6, format rate,
              accuracy given format, lenient accuracy, cons@k, mean length, reflection rate; 95% intervals)
-    stage 1  R1-Zero: GRPO with accuracy + format rewards                    (experiments/r1_zero.py:tiny)
+    stage 1  R1-Zero: GRPO with accuracy + format rewards                    (experiments/r1_zero.py:tiny,headroom)
     eval     the final policy on the same prompts
+
+`--variant two-digit` runs the same stages on 2-digit sums (experiments/*.py:tiny), where the gain is the format.
 
 `--seeds N` runs seeds 0..N-1 (from `--seed`), each a full demo in WORKDIR/seed_<s>/, and pools them: point
 estimates over all seeds' samples, intervals by a bootstrap over seeds × prompts (r1jax.evals.bootstrap_ci).
@@ -78,9 +81,10 @@ def _json_safe(x):
     return x
 
 
-def run_demo(workdir: str, *, seed: int = 0, seeds: int = 1, overrides=(), arg: str = "") -> dict:
+def run_demo(workdir: str, *, seed: int = 0, seeds: int = 1, overrides=(), arg: str = "tiny,headroom") -> dict:
     """Runs (or reuses) the demo for `seeds` seeds from `seed`, writes demo_results.json and demo_curves.png,
-    prints the before/after table with intervals, and returns the results."""
+    prints the before/after table with intervals, and returns the results. `arg` goes after each stage's experiment
+    file: "tiny,headroom" (the default, 3-digit sums) or "" (the two-digit task)."""
     if seeds < 1:
         raise ValueError(f"seeds={seeds}: must be >= 1")
     workdir = os.path.abspath(workdir)

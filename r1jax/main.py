@@ -40,9 +40,10 @@ def _parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0, help="the (first) seed")
         p.add_argument("--seeds", type=int, default=1,
                        help="run seeds SEED..SEED+N-1, each in WORKDIR/seed_<s>/, and pool them with intervals")
-        p.add_argument("--variant", choices=("default", "headroom"), default="default",
-                       help="headroom: the harder base (3-digit sums; direct, worked and re-checked solutions), "
-                       "experiments/pretrain.py:tiny,headroom then experiments/r1_zero.py:tiny,headroom")
+        p.add_argument("--variant", choices=("headroom", "two-digit"), default="headroom",
+                       help="headroom (the default): 3-digit sums whose base mixes direct, worked and re-checked "
+                       "solutions, experiments/pretrain.py:tiny,headroom then experiments/r1_zero.py:tiny,headroom; "
+                       "two-digit: the easy base, where R1-Zero's gain is the format (experiments/*.py:tiny)")
     if command == "sweep":
         p.add_argument("--print-launch", choices=("local", "tpu"), default=None,
                        help="print the command that starts each run instead of running them here")
@@ -95,7 +96,7 @@ def run(argv=None) -> int:
 
         demo.run_demo(
             args.workdir or os.path.abspath("r1jax_demo"), seed=args.seed, seeds=args.seeds, overrides=overrides,
-            arg="" if args.variant == "default" else "tiny,headroom",
+            arg="" if args.variant == "two-digit" else "tiny,headroom",
         )
         return 0
     result = run_experiment(args.config, args.workdir, overrides)

@@ -1,4 +1,8 @@
-"""The built-in default end to end, shortened: stage 0 → base eval → R1-Zero → final eval, in one process.
+"""The demo end to end, shortened: stage 0 → base eval → R1-Zero → final eval, in one process.
+
+It runs the two-digit variant (`--variant two-digit`), on which GRPO learns within these few steps; the default
+(headroom) presets are the same stages with other settings, and `test_variant_picks_the_presets` checks that the
+CLI reaches them.
 
 The full demo (`r1jax demo`) is measured in benchmarks/RESULTS.md; this keeps its shape and checks that GRPO
 learns (with a fixed seed, the mean reward of the last RL steps is above that of the first ones), that
@@ -16,6 +20,7 @@ import pytest
 from r1jax import demo, evals, main
 from r1jax import metrics as metrics_lib
 
+TWO_DIGIT = ""  # run_demo's arg for `--variant two-digit`
 SHORT = [
     "pretrain.num_steps=150",
     "pretrain.data.num_examples=4000",
@@ -37,7 +42,7 @@ FIELDS = {n for name in demo.RESULT_METRICS for n in (name, f"{name}_ci")}
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("demo"))
-    return workdir, demo.run_demo(workdir, seed=0, overrides=SHORT)
+    return workdir, demo.run_demo(workdir, seed=0, overrides=SHORT, arg=TWO_DIGIT)
 
 
 def _seed_results(workdir):
@@ -110,7 +115,7 @@ def test_length_ratio_comes_from_the_trainer_log(demo_run):
 def test_second_run_reuses_results(demo_run, capsys):
     workdir, first = demo_run
     mtime = os.path.getmtime(os.path.join(workdir, "stage0", "model", "model.safetensors"))
-    again = demo.run_demo(workdir, seed=0, overrides=SHORT)
+    again = demo.run_demo(workdir, seed=0, overrides=SHORT, arg=TWO_DIGIT)
     out = capsys.readouterr().out
     assert "reusing the finished results" in out
     assert again == first
@@ -125,7 +130,8 @@ def test_two_seeds_are_pooled(demo_run, tmp_path):
     # evaluation, R1-Zero and final evaluation in seed_1/.
     shutil.copytree(workdir, tmp_path, dirs_exist_ok=True)
     shutil.copytree(os.path.join(workdir, "stage0"), tmp_path / "seed_1" / "stage0")
-    results = main.run(["demo", "--workdir", str(tmp_path), "--seeds", "2", *[f"--config.{o}" for o in SHORT]])
+    argv = ["demo", "--workdir", str(tmp_path), "--seeds", "2", "--variant", "two-digit"]
+    results = main.run([*argv, *[f"--config.{o}" for o in SHORT]])
     assert results == 0
     with open(tmp_path / "demo_results.json") as f:
         saved = json.load(f)
@@ -167,14 +173,16 @@ def test_undefined_metrics_are_null_in_the_json():
     assert evals.format_value({"x": 0.5, "x_ci": [None, None]}, "x") == "0.500"
 
 
-def test_variant_headroom_runs_the_headroom_presets(monkeypatch, tmp_path):
+def test_variant_picks_the_presets(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr(demo, "run_demo", lambda workdir, **kw: seen.update(kw, workdir=workdir))
-    assert main.run(["demo", "--workdir", str(tmp_path), "--variant", "headroom"]) == 0
+    assert main.run(["demo", "--workdir", str(tmp_path)]) == 0  # the default is the headroom variant
     assert seen["arg"] == "tiny,headroom" and seen["seeds"] == 1
     from r1jax import config_lib
 
     for stage in ("pretrain", "r1_zero"):  # the arg the demo appends to each stage's experiment file
         c = config_lib.load_config(demo._experiment(stage) + ":" + seen["arg"])
         assert c.data.difficulty == 6, stage
-    assert main.run(["demo", "--workdir", str(tmp_path)]) == 0 and seen["arg"] == ""
+    assert main.run(["demo", "--workdir", str(tmp_path), "--variant", "two-digit"]) == 0 and seen["arg"] == TWO_DIGIT
+    c = config_lib.load_config(demo._experiment("pretrain") + ":" + TWO_DIGIT)
+    assert c.data.difficulty == 0
