@@ -54,9 +54,9 @@ def get_config(arg=None):
         c.data.direct_error_rate = 0.3  # ... in the corpus too
         c.data.checked_direct_rate = 0.2  # a one-step answer, then "Wait, let me re-check:" and the worked columns
         c.data.recheck_rate = 0.1  # worked solutions whose slip a re-check step catches and fixes
-        # 760 steps of 32 rows × 128 tokens (every record fits: <= 126 tokens), 2.2M loss tokens: a step costs
-        # ~13% less than 16 × 256 (attention is quadratic in the row) and stage 0 ~3/4 of the earlier 900 steps.
-        # Chosen on `validation` over 640 steps of 16 × 256 to fit the demo's time budget (benchmarks/RESULTS.md).
+        # 760 steps of 32 rows × 128 tokens (every record fits: <= 126 tokens) instead of 900 of 16 × 256, to fit
+        # the demo's time budget; a step costs about the same (benchmarks/op_profile.py). Chosen on `validation`
+        # over 640 steps of 16 × 256 (benchmarks/RESULTS.md).
         c.seq_len = 128
         c.batch_size = 32
         c.num_steps = 760

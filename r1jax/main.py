@@ -27,6 +27,10 @@ import sys
 COMMANDS = ("train", "eval", "demo", "pipeline", "sweep", "results")
 
 
+# `r1jax demo --variant`: the arg appended to each demo stage's experiment file (experiments/pretrain.py, r1_zero.py).
+DEMO_VARIANTS = {"headroom": "tiny,headroom", "two-digit": ""}
+
+
 def _parser(command: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"r1jax {command}", description=__doc__.split("\n\n")[0])
     if command == "results":
@@ -40,7 +44,7 @@ def _parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0, help="the (first) seed")
         p.add_argument("--seeds", type=int, default=1,
                        help="run seeds SEED..SEED+N-1, each in WORKDIR/seed_<s>/, and pool them with intervals")
-        p.add_argument("--variant", choices=("headroom", "two-digit"), default="headroom",
+        p.add_argument("--variant", choices=tuple(DEMO_VARIANTS), default="headroom",
                        help="headroom (the default): 3-digit sums whose base mixes direct, worked and re-checked "
                        "solutions, experiments/pretrain.py:tiny,headroom then experiments/r1_zero.py:tiny,headroom; "
                        "two-digit: the easy base, where R1-Zero's gain is the format (experiments/*.py:tiny)")
@@ -96,7 +100,7 @@ def run(argv=None) -> int:
 
         demo.run_demo(
             args.workdir or os.path.abspath("r1jax_demo"), seed=args.seed, seeds=args.seeds, overrides=overrides,
-            arg="" if args.variant == "two-digit" else "tiny,headroom",
+            arg=DEMO_VARIANTS[args.variant],
         )
         return 0
     result = run_experiment(args.config, args.workdir, overrides)

@@ -20,7 +20,7 @@ import pytest
 from r1jax import demo, evals, main
 from r1jax import metrics as metrics_lib
 
-TWO_DIGIT = ""  # run_demo's arg for `--variant two-digit`
+TWO_DIGIT = main.DEMO_VARIANTS["two-digit"]  # run_demo's arg for `--variant two-digit`
 SHORT = [
     "pretrain.num_steps=150",
     "pretrain.data.num_examples=4000",
@@ -177,7 +177,7 @@ def test_variant_picks_the_presets(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr(demo, "run_demo", lambda workdir, **kw: seen.update(kw, workdir=workdir))
     assert main.run(["demo", "--workdir", str(tmp_path)]) == 0  # the default is the headroom variant
-    assert seen["arg"] == "tiny,headroom" and seen["seeds"] == 1
+    assert seen["arg"] == main.DEMO_VARIANTS["headroom"] == "tiny,headroom" and seen["seeds"] == 1
     from r1jax import config_lib
 
     for stage in ("pretrain", "r1_zero"):  # the arg the demo appends to each stage's experiment file
