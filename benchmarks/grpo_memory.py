@@ -4,11 +4,13 @@ The GRPO train step (`r1jax.rollouts.make_grpo_step`: forward, fused log-prob wi
 AdamW) and the no-grad log-prob pass (π_ref / π_old) are compiled for abstract inputs of the chosen shape, and
 XLA's memory analysis is read off each: arguments (parameters, optimizer state, batch), outputs, the aliased
 (donated) part, and the temporary buffer (everything the program holds while it runs: saved activations, the
-backward's working set, gradients). Variants set one switch at a time against the base setting:
+backward's working set, gradients). Variants set switches against the base setting, joined by '+' to combine
+(`remat+shared`):
 
   remat        `model.remat`: each block's activations recomputed in the backward pass (block inputs kept)
   xla_logprob  `kernels.implementation='xla'`: the (B·Tc, V) logits materialised (the oracle), against the
                default chunked kernel that never holds more than one (block_n, block_v) tile
+  shared       `rl.shared_prompt_forward`: each prompt runs once for its G = `--group` samples (KV cache)
 
     python benchmarks/grpo_memory.py --shape qwen2.5-0.5b --rows 16 --prompt_len 256 --completion_len 128 \\
         --json /tmp/grpo_memory.json
@@ -41,6 +43,7 @@ def parse_args():
     p.add_argument("--rows", type=int, default=16, help="B = P·G rows in the batch")
     p.add_argument("--prompt_len", type=int, default=256)
     p.add_argument("--completion_len", type=int, default=128)
+    p.add_argument("--group", type=int, default=8, help="G, samples per prompt (the 'shared' variant)")
     p.add_argument("--beta", type=float, default=0.04, help="β > 0: the batch carries π_ref log-probs")
     p.add_argument("--variants", default="base,remat,xla_logprob", help="comma-separated, from the docstring")
     p.add_argument("--json", default=None)
@@ -51,13 +54,16 @@ def _config(args, variant: str):
     c = grpo_config.grpo_config()
     c.rl.beta, c.rl.mu = args.beta, 1
     c.sampling.max_new_tokens = args.completion_len
-    c.kernels.implementation = "xla" if variant == "xla_logprob" else "auto"
+    switches = set(variant.split("+"))
+    c.kernels.implementation = "xla" if "xla_logprob" in switches else "auto"
+    c.rl.group_size, c.rl.shared_prompt_forward = args.group, "shared" in switches
     return c
 
 
 def analyse(args, variant: str) -> dict:
     extra = {k: v for k, v in (("vocab_size", args.vocab), ("num_layers", args.layers)) if v is not None}
-    cfg = get_preset(args.shape, max_seq_len=args.prompt_len + args.completion_len, remat=variant == "remat", **extra)
+    remat = "remat" in variant.split("+")
+    cfg = get_preset(args.shape, max_seq_len=args.prompt_len + args.completion_len, remat=remat, **extra)
     abstract_model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(params=0)))
     graphdef, state = nnx.split(abstract_model)
     params = nnx.to_pure_dict(state)

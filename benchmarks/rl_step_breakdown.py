@@ -64,6 +64,9 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=os.path.join(REPO, "experiments", "r1_zero.py") + ":tiny")
     p.add_argument("--base", default=None, help="stage-0 model dir (default: train pretrain.py:runlocal first)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable): --config.KEY"
+    )
     p.add_argument("--steps", type=int, default=5, help="timed steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps (compilation)")
     p.add_argument("--json", default=None, help="write the figures here; `ratio` is the slowest phase's share")
@@ -78,7 +81,8 @@ def main():
         if base is None:
             run_experiment(os.path.join(REPO, "experiments", "pretrain.py") + ":runlocal", os.path.join(tmp, "s0"))
             base = os.path.join(tmp, "s0", "model")
-        c = config_lib.load_config(args.config, [f"--config.model.checkpoint={base}"])
+        overrides = [f"--config.model.checkpoint={base}", *(f"--config.{kv}" for kv in args.set)]
+        c = config_lib.load_config(args.config, overrides)
         trainer.validate(c)
         mesh = sharding.make_mesh(c.mesh.shape)
         train_records, _, _ = rollouts.load_splits(c)
@@ -144,9 +148,13 @@ def main():
         }
         b, s_len = np.asarray(batch["tokens_bs"]).shape
         p_rows, tp = np.asarray(rollout.prompt_tokens_pt).shape
+        # tokens through the model in the update and a log-prob pass: every row's, or with the shared prompt
+        # forward each prompt's once plus every completion's
+        tc = np.asarray(batch["completion_bt"]).shape[1]
+        fwd_tokens = p_rows * (s_len - tc) + b * tc if rl.shared_prompt_forward else b * s_len
         dense = {  # the model's own dense matmuls at each phase's token count, timed alone
-            "update": harness.dense_rate(harness.dense_shapes(model.cfg, b * s_len, backward=True)),
-            "logps_one_pass": harness.dense_rate(harness.dense_shapes(model.cfg, b * s_len)),
+            "update": harness.dense_rate(harness.dense_shapes(model.cfg, fwd_tokens, backward=True)),
+            "logps_one_pass": harness.dense_rate(harness.dense_shapes(model.cfg, fwd_tokens)),
             "prefill": harness.dense_rate(harness.dense_shapes(model.cfg, p_rows * tp)),
             "decode_step": harness.dense_rate(harness.dense_shapes(model.cfg, b)),
         }
@@ -194,7 +202,7 @@ def main():
         "| phase | tokens | dense GFLOP/s | of the ceiling | dense ms | of the phase's time |\n"
         "|---|---|---|---|---|---|"
     )
-    tokens = {"update": b * s_len, "logps_one_pass": b * s_len, "prefill": p_rows * tp, "decode_step": b}
+    tokens = {"update": fwd_tokens, "logps_one_pass": fwd_tokens, "prefill": p_rows * tp, "decode_step": b}
     tokens["sample"] = p_rows * tp + roofline["sample"]["decode_steps"] * b
     for key, d in dense.items():
         measured = med[key] if key in med else None
@@ -228,6 +236,9 @@ def main():
                         "max_new_tokens": c.sampling.max_new_tokens,
                         "mu": rl.mu,
                         "beta": rl.beta,
+                        "overrides": args.set,
+                        "shared_prompt_forward": bool(rl.shared_prompt_forward),
+                        "model_dtype": c.model.dtype,
                         "jax": jax.__version__,
                         "cpus": os.cpu_count(),
                         "load_avg_1min": os.getloadavg()[0],

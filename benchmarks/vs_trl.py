@@ -13,9 +13,12 @@ Both trainers run as shipped (r1jax: `r1jax.trainers.grpo.train`; TRL: `trl.GRPO
              (μ = 1), AdamW (lr 1e-5, β2 0.99, constant schedule, no weight decay), global-norm clip 1.0, f32,
              one process; TRL without gradient checkpointing (`--trl-checkpointing 1` turns it on), r1jax
              without block recomputation at the toy shape and with it (`model.remat`) at qwen2.5-0.5b
-             (`--remat 0/1` overrides). At qwen2.5-0.5b one prompt (8 rows) is the default: at 2 prompts r1jax's
-             step needs 32.4 GiB with remat (benchmarks/grpo_memory.py), more than a 24 GB machine has; the run
-             in RESULTS.md also set XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false
+             (`--remat 0/1` overrides). At qwen2.5-0.5b r1jax also runs each prompt once for its G samples in the
+             update and the reference pass (`rl.shared_prompt_forward`, as the real-model presets of
+             experiments/r1_zero.py do; `--shared-prompt 0/1` overrides), and P = 2 prompts (16 rows) is the
+             default: without the shared prompt forward r1jax's step needs 26.4 GiB at 16 rows with remat
+             (benchmarks/grpo_memory.py), more than a 24 GB machine has, with it 14.6 GiB (both with
+             XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false, which the runs in RESULTS.md set)
   reward     the target-language share of each completion (r1jax: its 'language' reward; TRL: the same formula
              as a Python function)
 
@@ -105,7 +108,7 @@ json.dump({"stamps": stamps, "start": t0, "lengths": lengths, "threads": torch.g
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--prompts", type=int, default=None, help="P prompts per step (toy 4, qwen2.5-0.5b 1)")
+    p.add_argument("--prompts", type=int, default=None, help="P prompts per step (toy 4, qwen2.5-0.5b 2)")
     p.add_argument("--group", type=int, default=8, help="G completions per prompt")
     p.add_argument("--completion_len", type=int, default=None, help="tokens per completion (toy 64, qwen2.5-0.5b 128)")
     p.add_argument("--beta", type=float, default=0.04, help="β (0: no reference forward)")
@@ -122,6 +125,12 @@ def parse_args():
         default=None,
         help="r1jax recomputes each block in the backward pass (toy 0, qwen2.5-0.5b 1)",
     )
+    p.add_argument(
+        "--shared-prompt",
+        type=int,
+        default=None,
+        help="r1jax's rl.shared_prompt_forward: each prompt run once for its G samples (toy 0, qwen2.5-0.5b 1)",
+    )
     p.add_argument("--trl-checkpointing", type=int, default=0, help="TRL's gradient_checkpointing (default 0)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPUs both sides are pinned to")
     p.add_argument("--trl-python", default=os.environ.get("R1JAX_TORCH_PYTHON", ".venv-torch/bin/python"))
@@ -134,7 +143,8 @@ def parse_args():
     big = args.shape == "qwen2.5-0.5b"
     defaults = (
         ("remat", 0, 1),
-        ("prompts", 4, 1),
+        ("shared_prompt", 0, 1),
+        ("prompts", 4, 2),
         ("completion_len", 64, 128),
         ("steps", 6, 2),
         ("warmup", 2, 1),
@@ -217,6 +227,7 @@ def r1jax_config(args, mdir: str, train: str):
     c.rl.group_size, c.rl.prompts_per_step = args.group, args.prompts
     c.rl.num_steps = args.warmup + args.steps
     c.rl.mu, c.rl.beta = 1, args.beta
+    c.rl.shared_prompt_forward = bool(args.shared_prompt)
     c.rl.loss_type, c.rl.epsilon_low, c.rl.epsilon_high, c.rl.scale_rewards = "dapo", 0.2, 0.28, "group"
     c.sampling.temperature, c.sampling.top_p = 1.0, 1.0
     c.sampling.max_new_tokens, c.sampling.max_prompt_len = args.completion_len, max(128, args.prompt_len or 0)
@@ -244,12 +255,15 @@ def run_r1jax(args, mdir, train, workdir) -> dict:
 
     jax.monitoring.register_event_duration_secs_listener(on_event)
 
-    stamps, lengths = [], []
+    stamps, lengths, phases = [], [], []
     original = metrics_lib.MetricsWriter.write
 
     def stamped(self, step, m):  # the step's metrics were fetched from the device: the iteration is done
         stamps.append(time.perf_counter())
         lengths.append(float(m.get("rl/completion_length_mean", float("nan"))))
+        # the trainer's own split of the step: sampling, rewards, batch + reference log-probs, the update
+        keys = [k for k in ("sample", "reward", "logps", "train") if f"perf/{k}_time_s" in m]
+        phases.append({k: float(m[f"perf/{k}_time_s"]) for k in keys})
         return original(self, step, m)
 
     metrics_lib.MetricsWriter.write = stamped
@@ -261,6 +275,7 @@ def run_r1jax(args, mdir, train, workdir) -> dict:
     return {
         "iter_s": [b - a for a, b in zip(stamps[args.warmup - 1 :], stamps[args.warmup :])],
         "lengths": lengths,
+        "phases_s": phases[args.warmup : args.warmup + args.steps],
         "compile_s": sum(compile_events),
         "peak_rss_mib": harness.peak_rss_mib(),
         "jax": jax.__version__,
@@ -369,6 +384,7 @@ def main():
         "trl_iter_s_median": med_trl,
         "r1jax_iter_s": r1_iters,
         "trl_iter_s": trl_iters,
+        "r1jax_phases_s": [p for r in r1 for p in r["phases_s"]],
         "r1jax_completion_len": sorted(set(x for r in r1 for x in r["lengths"][: args.warmup + args.steps])),
         "trl_completion_len": sorted(set(x for r in trl_runs for x in r["lengths"])),
         "settings": {
@@ -379,6 +395,7 @@ def main():
             "prompt_len": args.prompt_len,
             "beta": args.beta,
             "r1jax_remat": bool(args.remat),
+            "r1jax_shared_prompt_forward": bool(args.shared_prompt),
             "trl_gradient_checkpointing": bool(args.trl_checkpointing),
             "embed_dim": args.embed_dim if args.shape == "toy" else None,
             "layers": args.layers if args.shape == "toy" else None,

@@ -59,6 +59,7 @@ def get_config(arg=None):
         c.template = "r1_zero"
         c.model.dtype = "bfloat16"
         c.model.remat = True
+        c.rl.shared_prompt_forward = True  # each 512-token prompt runs once in the update, not once per sample
         c.rl.group_size = 16
         c.rl.prompts_per_step = 32
         c.rl.num_steps = 1000

@@ -324,20 +324,22 @@ def step_metrics(m, reward_stats: dict, summary: BatchSummary, num_rounds: int, 
 # Device functions: completion log-probs and the GRPO train step
 
 
-def completion_logps(graphdef, params, batch, *, temperature, implementation, entropy=False):
-    """log π(token) of each completion token (B, Tc), through the sampler's own code path."""
+def completion_logps(graphdef, params, batch, *, temperature, implementation, entropy=False, group_size=1):
+    """log π(token) of each completion token (B, Tc), through the sampler's own code path; `group_size` G > 1
+    runs each group's shared prompt once (`sampling.sequence_logps`)."""
     return sampling.sequence_logps(
         nnx.merge(graphdef, params), batch["tokens_bs"], batch["mask_bs"], batch["completion_bt"],
-        temperature=temperature, implementation=implementation, return_entropy=entropy,
+        temperature=temperature, implementation=implementation, return_entropy=entropy, group_size=group_size,
     )
 
 
-def train_step(state, batch, *, graphdef, optimizer, loss_kw, temperature, implementation):
+def train_step(state, batch, *, graphdef, optimizer, loss_kw, temperature, implementation, group_size=1):
     """One optimizer update on a rollout batch. Pure; jitted once with the state donated."""
 
     def loss_fn(params):
         logps_bt, entropy_bt = completion_logps(
-            graphdef, params, batch, temperature=temperature, implementation=implementation, entropy=True
+            graphdef, params, batch, temperature=temperature, implementation=implementation, entropy=True,
+            group_size=group_size,
         )
         loss, m = grpo.policy_loss(
             logps_bt, batch.get("old_logps_bt"), batch.get("ref_logps_bt"), batch["advantages_b"],
@@ -399,7 +401,10 @@ def make_grpo_step(c, graphdef, optimizer, mesh, state_shardings) -> GRPOStep:
         batch_shardings["old_logps_bt"] = rows
     if c.rl.beta > 0:
         batch_shardings["ref_logps_bt"] = rows
-    device_kw = dict(temperature=c.sampling.temperature, implementation=c.kernels.implementation)
+    device_kw = dict(
+        temperature=c.sampling.temperature, implementation=c.kernels.implementation,
+        group_size=rl.group_size if rl.shared_prompt_forward else 1,
+    )
     step = jax.jit(
         functools.partial(train_step, graphdef=graphdef, optimizer=optimizer, loss_kw=loss_kwargs(c), **device_kw),
         in_shardings=(state_shardings, batch_shardings), out_shardings=(state_shardings, None), donate_argnums=0,

@@ -680,17 +680,27 @@ def trim_completions(rollout: Rollout, config: SamplingConfig) -> Rollout:
 
 def sequence_logps(
     model, tokens_bs, mask_bs, completion_bt, *, temperature: float = 1.0, implementation: str = "auto",
-    return_entropy: bool = False,
+    return_entropy: bool = False, group_size: int = 1,
 ):
-    """log pi of the last Tc tokens of each [left-padded prompt ; completion] row (B, S): one no-cache forward.
+    """log pi of the last Tc tokens of each [left-padded prompt ; completion] row (B, S).
 
     The one code path for policy log-probs: the sampler's `completion_logps` and every trainer's loss call it, so
     sampler and trainer agree on log-probs by construction. Uses r1jax.kernels' fused grouped log-prob, which
     never materialises the (B·Tc, V) logits ('xla' does, as the oracle). Returns logps_bt (and entropy_bt).
+
+    `group_size=1`: one no-cache forward over the B rows. `group_size=G > 1` (GRPO's batches: every G consecutive
+    rows are one prompt's samples, so their first S − Tc tokens are the same): each prompt runs once, into a KV
+    cache, and its G completions run against copies of that cache, like the sampler's shared prefill. The prompt's
+    forward and backward then cost P rows instead of P·G; the gradient through the copies is the sum over the
+    group, so values and gradients equal the plain forward's up to float rounding (`tests/test_sampling.py`).
+    The rows' prompts are not checked for equality here: the caller guarantees it.
     """
     tc = completion_bt.shape[1]
-    hidden_bsd, _ = model(_model_ids(tokens_bs, mask_bs), mask_bt=mask_bs)
-    h_btd = hidden_bsd[:, -tc - 1 : -1]  # the position before each completion token predicts it
+    if group_size > 1:
+        h_btd = _shared_prompt_hidden(model, tokens_bs, mask_bs, tc, group_size)
+    else:
+        hidden_bsd, _ = model(_model_ids(tokens_bs, mask_bs), mask_bt=mask_bs)
+        h_btd = hidden_bsd[:, -tc - 1 : -1]  # the position before each completion token predicts it
     return grouped_logprob(
         h_btd.astype(model.cfg.dtype),
         model.lm_head_weight().astype(model.cfg.dtype),
@@ -699,6 +709,23 @@ def sequence_logps(
         return_entropy=return_entropy,
         implementation=implementation,
     )
+
+
+def _shared_prompt_hidden(model, tokens_bs, mask_bs, tc: int, g: int):
+    """Hidden states (B, Tc, D) predicting the completion tokens, each group's prompt run once (see above)."""
+    b, s = tokens_bs.shape
+    if b % g:
+        raise ValueError(f"group_size={g} does not divide the batch's {b} rows")
+    tp = s - tc
+    prompt_pt, pmask_pt = tokens_bs[::g, :tp], mask_bs[::g, :tp]
+    comp_bt, cmask_bt = tokens_bs[:, tp:], mask_bs[:, tp:]
+    cache = KVCache.init(model.cfg, b // g, s)
+    remat = model.cfg.remat  # a training forward: recompute blocks in the backward like the no-cache path
+    hidden_ptd, cache = model(_model_ids(prompt_pt, pmask_pt), mask_bt=pmask_pt, cache=cache, remat=remat)
+    hidden_btd, _ = model(_model_ids(comp_bt, cmask_bt), mask_bt=cmask_bt, cache=cache.repeat(g), remat=remat)
+    # the prompt's last position (left padding: the last column) predicts the first completion token
+    last_b1d = jnp.repeat(hidden_ptd[:, -1:], g, axis=0)
+    return jnp.concatenate([last_b1d, hidden_btd[:, :-1]], axis=1)
 
 
 def completion_logps(

@@ -233,6 +233,7 @@ class Transformer(nnx.Module):
         positions_bt: jax.Array | None = None,
         segment_ids_bt: jax.Array | None = None,
         cache: KVCache | None = None,
+        remat: bool | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         """Hidden states (B, T, D) after the final norm.
 
@@ -240,6 +241,10 @@ class Transformer(nnx.Module):
         query's segment (`segment_ids_bt`, for packed SFT rows). Positions default to the count of real tokens
         before each one. With a cache: the T tokens are appended at `cache.index` and attend to every valid slot
         up to their own.
+
+        `remat` (default: `cfg.remat` without a cache, off with one) recomputes each block in the backward pass. A
+        training forward through a cache (`r1jax.sampling.sequence_logps` with a group size) turns it on; sampling
+        must not (under the decode loop's trace a lifted transform may not touch the captured parameters).
         """
         cfg = self.cfg
         b, t = tokens_bt.shape
@@ -266,8 +271,7 @@ class Transformer(nnx.Module):
         for i, block in enumerate(self.blocks):
             kv = None if cache is None else (cache.k[i], cache.v[i])
             index = None if cache is None else cache.index
-            if cfg.remat and cache is None:  # with a KV cache it is sampling: no backward pass to save memory for
-                # (and under the decode loop's trace, a lifted transform may not touch the captured parameters)
+            if (cfg.remat and cache is None) if remat is None else remat:
                 x, kv = nnx.remat(lambda blk, *a: blk(*a), static_argnums=())(
                     block, x, positions_bt, bias_bts, inv_freq, kv, index
                 )
