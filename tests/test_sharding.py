@@ -1,5 +1,7 @@
 """Sharded == unsharded: one GRPO `train_step` on 8 fake CPU devices gives the same loss and updated params on the
-meshes ('data', 'fsdp', 'tensor') = (8,1,1), (2,4,1), (2,2,2) as on (1,1,1).
+meshes ('data', 'fsdp', 'tensor') = (8,1,1), (2,4,1), (2,2,2) as on (1,1,1), and so does the step with
+`rl.shared_prompt_forward` (each group's prompt run once) on (2,4,1) and (2,2,2), where a group's rows sit on
+different devices.
 
 The step runs in a child process (XLA_FLAGS must force 8 host devices before jax is imported), built by
 `r1jax.rollouts.make_grpo_step` as for `r1jax.trainers.grpo.train` (explicit in/out shardings, state donated). The
@@ -21,6 +23,7 @@ import numpy as np
 import pytest
 
 MESHES = [(1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2)]
+SHARED = [(2, 4, 1), (2, 2, 2)]  # meshes that also run the step with the shared prompt forward
 RTOL = 1e-5
 
 SCRIPT = r"""
@@ -38,14 +41,16 @@ from r1jax import train_state
 from r1jax.trainers.grpo_config import grpo_config
 
 assert jax.device_count() == 8, jax.devices()
-out_dir, meshes = sys.argv[1], json.loads(sys.argv[2])
+out_dir, meshes, shared = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
 cfg = get_preset("tiny", vocab_size=256, num_layers=2)
-B, TP, TC = 8, 6, 10
+B, TP, TC, G = 8, 6, 10, 2  # G rows per prompt, as a GRPO batch has
 rng = np.random.default_rng(0)
 tokens_bs = rng.integers(1, cfg.vocab_size, (B, TP + TC)).astype(np.int32)
+tokens_bs[:, :TP] = np.repeat(tokens_bs[::G, :TP], G, axis=0)
 mask_bs = np.ones((B, TP + TC), bool)
 for b in range(B):
-    mask_bs[b, : rng.integers(0, TP - 1)] = False  # left-padded prompt
+    if b % G == 0:
+        mask_bs[b : b + G, : rng.integers(0, TP - 1)] = False  # left-padded prompt
     mask_bs[b, TP + rng.integers(2, TC + 1) :] = False  # completion stopped early
 batch = {
     "tokens_bs": tokens_bs, "mask_bs": mask_bs, "completion_bt": tokens_bs[:, TP:],
@@ -54,9 +59,12 @@ batch = {
 }
 c = grpo_config()  # 'dapo', epsilon_low 0.2, temperature 1, kernels 'auto'; μ > 1 and β > 0: old and ref log-probs
 c.rl.mu, c.rl.beta, c.rl.epsilon_high, c.sampling.max_new_tokens = 2, 0.05, 0.28, TC
+c.rl.group_size = G
 optimizer = optax.sgd(0.1)
 results = {}
-for shape in map(tuple, meshes):
+runs = [(tuple(m), False) for m in meshes] + [(tuple(m), True) for m in shared]
+for shape, shared_prompt in runs:
+    c.rl.shared_prompt_forward = shared_prompt
     if shape == (1, 1, 1):  # the unsharded reference: one of the 8 devices
         mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(shape), sharding.MESH_AXES)
     else:
@@ -84,7 +92,7 @@ for shape in map(tuple, meshes):
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(new), jax.tree.leaves(init)):
         flat["delta" + jax.tree_util.keystr(path)] = np.asarray(a) - np.asarray(b)
         flat["param" + jax.tree_util.keystr(path)] = np.asarray(a)
-    name = "x".join(map(str, shape))
+    name = "x".join(map(str, shape)) + ("_shared" if shared_prompt else "")
     np.savez(f"{out_dir}/{name}.npz", **flat)
     results[name] = {"metrics": {k: float(v) for k, v in jax.device_get(m).items()}, "sharded": sharded}
 with open(f"{out_dir}/results.json", "w") as f:
@@ -98,7 +106,7 @@ def results(tmp_path_factory, subprocess_env):
     script = out / "step_on_meshes.py"
     script.write_text(SCRIPT)
     env = dict(subprocess_env, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    cmd = [sys.executable, str(script), str(out), json.dumps(MESHES)]
+    cmd = [sys.executable, str(script), str(out), json.dumps(MESHES), json.dumps(SHARED)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     with open(out / "results.json") as f:
@@ -132,15 +140,17 @@ def test_the_step_is_nontrivial(results):
     assert m["train/update_skipped"] == 0.0
 
 
-@pytest.mark.parametrize("shape", MESHES[1:], ids=_name)
-def test_sharded_step_equals_unsharded(results, shape):
+@pytest.mark.parametrize(
+    "name", [_name(s) for s in MESHES[1:]] + [_name(s) + "_shared" for s in SHARED]
+)
+def test_sharded_step_equals_unsharded(results, name):
     res, arrays = results
-    ref_m, m = res["1x1x1"]["metrics"], res[_name(shape)]["metrics"]
+    ref_m, m = res["1x1x1"]["metrics"], res[name]["metrics"]
     for key in ("rl/loss", "rl/pg_loss", "rl/kl", "rl/entropy", "train/grad_norm", "rl/ratio_mean"):
         assert m[key] == pytest.approx(ref_m[key], rel=RTOL, abs=1e-7), key
     for key in ("rl/clip_ratio/low_mean", "rl/clip_ratio/high_mean", "rl/tokens"):
         assert m[key] == ref_m[key], key
-    ref, got = arrays["1x1x1"], arrays[_name(shape)]
+    ref, got = arrays["1x1x1"], arrays[name]
     assert sorted(ref) == sorted(got)
     for key in (k for k in ref if k.startswith("param")):
         # the updated params: an update off by even 1 % (params move ~1e-3 of their size here) fails this
