@@ -32,6 +32,7 @@ import time
 from typing import Any
 
 from r1jax import config_lib
+from r1jax import metrics as metrics_lib
 
 MANIFEST = "sweep.json"
 RESULTS = "results.md"
@@ -184,8 +185,6 @@ def run_local(config_spec: str, workdir: str, runs: list[Run], common_overrides=
 
 def final_metrics(run_dir: str) -> dict:
     """The last logged value of every metric of a run (with 'step': the last step), {} without metrics.jsonl."""
-    from r1jax import metrics as metrics_lib
-
     out: dict = {}
     for record in metrics_lib.read_history(run_dir):
         out.update(record)

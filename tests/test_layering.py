@@ -62,17 +62,15 @@ def test_imports_point_down_or_sideways():
     assert not bad, bad
 
 
-# Imports inside functions that are there on purpose: optional or backend-specific code loaded only when used, and
-# the reward worker's start-up in a fresh process. Anything else inside a function is a circle in disguise.
+# Imports inside functions that are there on purpose: optional or backend-specific code loaded only when used.
+# Anything else inside a function is a circle in disguise.
 DEFERRED = {
     "r1jax.main": "the CLI imports a command's code only when the command runs",
     "r1jax.data.tasks": "reasoning-gym is an optional extra",
     "r1jax.kernels.grouped_logprob.api": "the Pallas backend for the device in use",
     "r1jax.kernels.kl.api": "the Pallas backend for the device in use",
-    "r1jax.rewards._worker": "a worker process imports the rewards after its sandbox is set up",
     "r1jax.checkpoint": "model export / import only when a model is exported or loaded",
     "r1jax.sharding": "memory_estimate builds an abstract model",
-    "r1jax.sweep": "the results table",
     "r1jax.distributed": "the checkpoint sync point of the preemption path",
 }
 

@@ -62,11 +62,10 @@ def setup(tiny_base_model):
     rollout = sampling.sample(graphdef, state.params, prompt_ids, jax.random.PRNGKey(0), cfg, mesh=mesh)
     c_mu2 = c.copy_and_resolve_references()
     c_mu2.rl.mu = 2
+    make_step = lambda cfg: rollouts.make_grpo_step(cfg, graphdef, optimizer, mesh, state_sh)
     return dict(
         config=c, mesh=mesh, state=state, rollout=rollout, records=records,
-        step=rollouts.make_grpo_step(c, graphdef, optimizer, mesh, state_sh),
-        step_mu2=rollouts.make_grpo_step(c_mu2, graphdef, optimizer, mesh, state_sh),
-        make_step=lambda cfg: rollouts.make_grpo_step(cfg, graphdef, optimizer, mesh, state_sh),
+        step=make_step(c), step_mu2=make_step(c_mu2), make_step=make_step,
     )
 
 

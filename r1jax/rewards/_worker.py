@@ -12,6 +12,10 @@ import sys
 import threading
 import time
 
+# Already loaded when this runs: `python -m r1jax.rewards._worker` imports the package r1jax.rewards first
+from r1jax.rewards.compose import resolve_reward
+from r1jax.rewards.workers import _read_frame, _write_frame
+
 
 def _watch_parent(parent: int) -> None:
     # A hung call never reads stdin's EOF; poll the parent so an orphaned worker still exits.
@@ -21,8 +25,6 @@ def _watch_parent(parent: int) -> None:
 
 
 def main() -> None:
-    from r1jax.rewards.workers import _read_frame, _write_frame
-
     fd_in = sys.stdin.fileno()
     fd_out = os.dup(sys.stdout.fileno())
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # prints from reward code must not corrupt the protocol
@@ -37,7 +39,6 @@ def main() -> None:
             importlib.import_module(module)
         except ImportError:
             pass  # optional (e.g. math-verify missing): calls that need it report the error themselves
-    from r1jax.rewards.compose import resolve_reward
 
     _write_frame(fd_out, ("ready", None))
     while True:
