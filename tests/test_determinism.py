@@ -12,6 +12,7 @@ only on hosts with the same core count, CPU features and library versions.
 import hashlib
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -60,4 +61,8 @@ def test_environment_names_what_the_numbers_depend_on():
     assert env["schedulable_cpus"] == len(os.sched_getaffinity(0))
     for name in ("jax", "jaxlib", "sentencepiece", "numpy", "grain", "python"):
         assert isinstance(env["versions"][name], str) and env["versions"][name][0].isdigit(), (name, env)
+    if platform.machine() == "x86_64":  # the widest vector ISA, as XLA names it, read from the CPU's flags
+        with open("/proc/cpuinfo") as f:
+            flags = set(next(line for line in f if line.startswith("flags")).split(":", 1)[1].split())
+        assert env["isa"] == ("AVX512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "AVX"), env["isa"]
     json.dumps(env)  # goes into results files as is

@@ -26,13 +26,15 @@ written from the places where stages load their data (`record`). `check_disjoint
 under a workdir and raises `ContaminationError`, naming the questions and the stages, when a question some
 stage evaluated on is one that some stage trained on.
 
-Reproducibility. The same command and seed give the same bytes on hosts that agree on `environment()`: the
-versions of the numerical libraries, the CPU, and the number of schedulable cores, which XLA on CPU uses to
-partition its loops (a different count changes float rounding; measured: stage 0 on 1 core and on 2 cores ends
-with different parameters). The count is read when JAX starts, so a process pinned to N cores (`taskset -c 0,1
-r1jax demo`) computes what an N-core machine computes (checked for N = 1: `taskset -c 0` and
-`os.sched_setaffinity` before JAX starts give the same parameters). Results files record the environment, so
-two tables can be compared knowingly.
+Reproducibility. The same command and seed give the same bytes on hosts that agree on `environment()`: the versions
+of the numerical libraries, the CPU model and its widest vector instruction set (XLA:CPU compiles for the host: the
+ISA, the CPU model LLVM tunes for and FMA contraction change which float32 roundings happen, so another CPU drifts
+from the same seed after a few hundred steps; README says what reproduces across machines), and the number of
+schedulable cores, which XLA on CPU uses to partition its loops (a different count changes float rounding;
+measured: stage 0 on 1 core and on 2 cores ends with different parameters). The count is read when JAX starts, so a
+process pinned to N cores (`taskset -c 0,1 r1jax demo`) computes what an N-core machine computes (checked for N =
+1: `taskset -c 0` and `os.sched_setaffinity` before JAX starts give the same parameters). Results files record the
+environment, so two tables can be compared knowingly.
 """
 
 from __future__ import annotations
@@ -226,6 +228,8 @@ def check_disjoint(workdir: str, *, max_listed: int = 10) -> dict:
 
 # ----------------------------------------------------------------------------- environment
 
+# /proc/cpuinfo flag -> XLA's name for the ISA (`--xla_cpu_max_isa`), widest first
+_ISA_LADDER = (("avx512f", "AVX512"), ("avx2", "AVX2"), ("avx", "AVX"), ("sse4_2", "SSE4_2"), ("asimd", "NEON"))
 _VERSIONED = ("jax", "jaxlib", "flax", "optax", "grain", "sentencepiece", "numpy", "math-verify")
 
 
@@ -237,13 +241,16 @@ def environment() -> dict:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
-    cpu = platform.processor()
+    cpu, flags = platform.processor(), set()
     if os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+            lines = f.read().splitlines()
+        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu)
+        flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
     return {
         "versions": versions,
         "cpu": cpu,
+        "isa": next((name for flag, name in _ISA_LADDER if flag in flags), None),  # the widest XLA:CPU may use
         "machine": platform.machine(),
         "schedulable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),

@@ -111,12 +111,19 @@ def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
     return jnp.where(is_medium, smoothed, out)
 
 
+def compute_dtype(dtype) -> jnp.dtype:
+    """The dtype of norms, RoPE, attention scores and logits: float32, or the activations' dtype where wider
+    (float64 under `jax.enable_x64`, which the tests' float64 oracles use). bf16 and f32 models compute in f32."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def apply_rope(x_bthd: jax.Array, positions_bt: jax.Array, inv_freq: jax.Array) -> jax.Array:
     """Rotate-half RoPE as in Hugging Face's Qwen2/Llama (not the interleaved variant)."""
-    freqs_btf = positions_bt.astype(jnp.float32)[..., None] * inv_freq
+    ct = compute_dtype(x_bthd.dtype)
+    freqs_btf = positions_bt.astype(ct)[..., None] * inv_freq.astype(ct)
     emb = jnp.concatenate([freqs_btf, freqs_btf], axis=-1)[:, :, None, :]
     cos, sin = jnp.cos(emb), jnp.sin(emb)
-    x = x_bthd.astype(jnp.float32)
+    x = x_bthd.astype(ct)
     x1, x2 = jnp.split(x, 2, axis=-1)
     rotated = jnp.concatenate([-x2, x1], axis=-1)
     return (x * cos + rotated * sin).astype(x_bthd.dtype)
@@ -128,9 +135,10 @@ class RMSNorm(nnx.Module):
         self.eps = eps
 
     def __call__(self, x):
-        x32 = x.astype(jnp.float32)
+        ct = compute_dtype(x.dtype)
+        x32 = x.astype(ct)
         y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (self.scale[...].astype(jnp.float32) * y).astype(x.dtype)
+        return (self.scale[...].astype(ct) * y).astype(x.dtype)
 
 
 class Attention(nnx.Module):
@@ -169,7 +177,7 @@ class Attention(nnx.Module):
         # Grouped layout (B, K, G, T, Dh): the batch axes lead and T sits beside Dh, the layout XLA's batched matmuls
         # take without transposing the (…, T, S) scores; the mask enters as an additive bias (0 or _MASK_VALUE).
         q = (q * jnp.asarray(dh**-0.5, dt)).reshape(b, t, kvh, h // kvh, dh).transpose(0, 2, 3, 1, 4)
-        logits = jnp.einsum("bkgtd,bskd->bkgts", q, k.astype(dt), preferred_element_type=jnp.float32)
+        logits = jnp.einsum("bkgtd,bskd->bkgts", q, k.astype(dt), preferred_element_type=compute_dtype(dt))
         logits = logits + bias_bts[:, None, None]
         probs = jax.nn.softmax(logits, axis=-1).astype(dt)
         out = jnp.einsum("bkgts,bskd->bkgtd", probs, v.astype(dt)).transpose(0, 3, 1, 2, 4)
@@ -223,7 +231,8 @@ class Transformer(nnx.Module):
     def logits(self, hidden_btd: jax.Array) -> jax.Array:
         """f32 logits (…, V) from hidden states; materializes N×V, so training uses r1jax.kernels instead."""
         w = self.lm_head_weight().astype(self.cfg.dtype)
-        return jnp.einsum("...d,dv->...v", hidden_btd.astype(self.cfg.dtype), w, preferred_element_type=jnp.float32)
+        ct = compute_dtype(self.cfg.dtype)
+        return jnp.einsum("...d,dv->...v", hidden_btd.astype(self.cfg.dtype), w, preferred_element_type=ct)
 
     def __call__(
         self,
@@ -264,7 +273,7 @@ class Transformer(nnx.Module):
             valid_bs = jax.lax.dynamic_update_slice(cache.valid_bs, mask_bt, (0, cache.index))
             slots_t = cache.index + jnp.arange(t)
             mask_bts = valid_bs[:, None, :] & (jnp.arange(cache.size)[None, None, :] <= slots_t[None, :, None])
-        bias_bts = jnp.where(mask_bts, 0.0, _MASK_VALUE).astype(jnp.float32)
+        bias_bts = jnp.where(mask_bts, 0.0, _MASK_VALUE).astype(compute_dtype(cfg.dtype))
         inv_freq = rope_inv_freq(cfg)
         x = jnp.take(self.embed[...], tokens_bt, axis=0, mode="clip").astype(cfg.dtype)  # pad ids may be out of range
         new_k, new_v = [], []
@@ -294,6 +303,6 @@ def init_model(cfg: ModelConfig, seed: int = 0) -> Transformer:
 
 
 def compute_logits(model: Transformer, tokens_bt) -> jax.Array:
-    """f32 logits (B, T, V) for int token ids (B, T)."""
+    """f32 logits (B, T, V) for int token ids (B, T) (f64 for a float64 model)."""
     hidden, _ = model(jnp.asarray(tokens_bt, jnp.int32))
-    return model.logits(hidden).astype(jnp.float32)
+    return model.logits(hidden).astype(compute_dtype(model.cfg.dtype))
