@@ -25,6 +25,8 @@ import sys
 import threading
 import time
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout these benchmarks belong to
+
 try:  # jax-free; absent on the torch side of a side-by-side run, which never records load
     from r1jax import host
 except ImportError:
