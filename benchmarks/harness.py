@@ -25,6 +25,9 @@ import sys
 import threading
 import time
 
+# The checkout these benchmarks belong to (realpath: `ab` reaches them through a link from a directory of its own).
+REPO = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+
 try:  # jax-free; absent on the torch side of a side-by-side run, which never records load
     from r1jax import host
 except ImportError:

@@ -55,7 +55,7 @@ def get_config(arg=None):
         c.data.checked_direct_rate = 0.2  # a one-step answer, then "Wait, let me re-check:" and the worked columns
         c.data.recheck_rate = 0.1  # worked solutions whose slip a re-check step catches and fixes
         # 760 steps of 32 rows × 128 tokens (every record fits: <= 126 tokens) instead of 900 of 16 × 256, to fit
-        # the demo's time budget; a step costs about the same (benchmarks/op_profile.py). Chosen on `validation`
+        # the demo's time budget; a step costs about the same (benchmarks/measure/op_profile.py). Chosen on `validation`
         # over 640 steps of 16 × 256 (benchmarks/RESULTS.md).
         c.seq_len = 128
         c.batch_size = 32

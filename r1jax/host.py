@@ -20,10 +20,10 @@ def keep_freed_host_memory() -> bool:
 
     XLA:CPU allocates each step's temporaries afresh; blocks above glibc's mmap threshold (at most 32 MiB by
     default) come from fresh `mmap` pages every step, and first-touching them page-faults: an attention softmax over
-    42 MB of scores took 22 ms, 6 ms once the memory is reused (`benchmarks/op_profile.py` shows whole steps). Freed
-    memory stays mapped, so peak resident size can grow a little (+4% on `benchmarks/rl_step_breakdown.py` at the
-    headroom preset, 2.31 -> 2.41 GB together with the layout changes). Done on
-    `import r1jax`; set R1JAX_HOST_MALLOC=default before the import to keep glibc's behaviour.
+    42 MB of scores took 22 ms, 6 ms once the memory is reused (`benchmarks/measure/op_profile.py` shows whole
+    steps). Freed memory stays mapped, so peak resident size can grow a little (+4% on
+    `benchmarks/measure/rl_step_breakdown.py` at the headroom preset, 2.31 -> 2.41 GB together with the layout
+    changes). Done on `import r1jax`; set R1JAX_HOST_MALLOC=default before the import to keep glibc's behaviour.
     """
     if not sys.platform.startswith("linux") or os.environ.get("R1JAX_HOST_MALLOC", "") == "default":
         return False

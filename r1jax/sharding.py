@@ -140,7 +140,8 @@ def memory_estimate(
     Rollouts: the KV cache 2·L·rows·K/t·Dh·S·dt and one (rows, V/t) f32 logits row.
     Not counted: XLA temporaries and fragmentation (keep ~20% headroom), host-side buffers. XLA:CPU does not reach
     the remat figure: at Qwen2.5-0.5B, 16 × 384 tokens, f32, its buffer assignment holds 26.8 GiB of temporaries
-    where this gives 11.7 GiB in all (benchmarks/grpo_memory.py; measurements in docs/scaling.md, cause not isolated).
+    where this gives 11.7 GiB in all (benchmarks/measure/grpo_memory.py; measurements in docs/scaling.md, cause not
+    isolated).
     """
     cfg = model_cfg if remat is None else model_cfg.replace(remat=remat)
     shape = dict(zip(MESH_AXES, (int(s) for s in mesh_shape)))

@@ -1,4 +1,4 @@
-"""`benchmarks/device_suite.py --smoke` runs end to end on CPU and its numerical checks pass.
+"""`python -m benchmarks.measure.device_suite --smoke` runs end to end on CPU and its numerical checks pass.
 
 The suite is meant for an accelerator that is lent only now and then; running its smoke mode here (tiny shapes,
 interpret-mode Pallas) keeps every section working between those runs.
@@ -18,7 +18,7 @@ def test_device_suite_smoke(tmp_path):
     out = tmp_path / "suite.json"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "device_suite.py"), "--smoke", "--json", str(out)],
+        [sys.executable, "-m", "benchmarks.measure.device_suite", "--smoke", "--json", str(out)],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -1,4 +1,4 @@
-"""`benchmarks/grpo_memory.py` reads XLA's buffer assignment of the compiled GRPO step: at a small shape with a
+"""`benchmarks/measure/grpo_memory.py` reads XLA's buffer assignment of the compiled GRPO step: at a small shape with a
 vocabulary large enough to tell them apart, the fused log-prob pass holds about half the (B·Tc, V) f32 logits and
 the 'xla' oracle at least all of them."""
 
@@ -15,7 +15,8 @@ def test_grpo_memory_sees_the_logits_only_in_the_oracle(tmp_path):
     rows, tc, vocab = 8, 64, 32768
     cmd = [
         sys.executable,
-        str(ROOT / "benchmarks" / "grpo_memory.py"),
+        "-m",
+        "benchmarks.measure.grpo_memory",
         "--shape",
         "tiny",
         "--vocab",

@@ -5,10 +5,8 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-import harness  # noqa: E402
-
-from r1jax import host  # noqa: E402
+from benchmarks import harness
+from r1jax import host
 
 
 def test_steal_fraction_from_two_cpu_lines():

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks.studies import pipeline_seeds
 from r1jax import config_lib, evals, kernels, train_state
 from r1jax import pipeline as pipeline_lib
 from r1jax.data import corpus, preferences
@@ -137,12 +138,9 @@ def test_results_table_has_a_row_per_evaluated_stage(pipeline_run):
 
 
 def test_pipeline_seeds_pools_runs_with_paired_intervals(pipeline_run):
-    """benchmarks/pipeline_seeds.py's pooling, on this run given twice as two seeds: the pooled figures are the
+    """benchmarks/studies/pipeline_seeds.py's pooling, on this run given twice as two seeds: the pooled figures are the
     run's own, and a comparison's paired difference is the difference of the two stages, inside its interval."""
     workdir, config, _ = pipeline_run
-    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-    import pipeline_seeds
-
     out = pipeline_seeds.pooled([workdir, workdir], config)
     single = json.load(open(os.path.join(workdir, "results.json")))["stages"]
     assert set(out["stages"]) == {s for s in TEST_STAGES if config.plan[s].export == "model"}

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from r1jax.rewards import SandboxConfig, TestCase, code_reward, run_program, run_tests
-from r1jax.rewards.sandbox import convert_asserts, parse_tests
+from r1jax.rewards.sandbox import confinement, convert_asserts, parse_tests
 
 FAST = SandboxConfig(timeout_s=1.0, memory_mb=256)
 
@@ -102,6 +102,24 @@ def test_cannot_write_outside_workdir(tmp_path):
     assert r.stdout.strip() == "x"
 
 
+def test_cannot_read_another_runs_files():
+    # Completions of a batch run side by side: one program must not read what another wrote (its answer, or
+    # the files the parent gave it). The writer is held running while the reader tries the file's exact path.
+    writer = confinement.start("open('secret.txt', 'w').write('s3cr3t')\nimport time\ntime.sleep(30)\n", "", FAST)
+    secret = os.path.join(writer.outer, "work", "secret.txt")
+    try:
+        deadline = time.monotonic() + 2 * FAST.timeout_s
+        while time.monotonic() < deadline and not (os.path.exists(secret) and open(secret).read() == "s3cr3t"):
+            time.sleep(0.01)
+        assert open(secret).read() == "s3cr3t"  # it is there, on the host
+        reader = f"try:\n    print(open({secret!r}).read())\nexcept OSError as e:\n    print('denied', e)\n"
+        r = run_program(reader, config=FAST)
+        assert r.started and "denied" in r.stdout and "s3cr3t" not in r.stdout
+    finally:
+        confinement.finish(writer, time.monotonic())
+    assert not os.path.exists(writer.outer)
+
+
 def test_cannot_read_parent_environment(monkeypatch):
     monkeypatch.setenv("R1JAX_SANDBOX_SECRET", "s3cr3t-value")
     code = (
@@ -159,7 +177,7 @@ def test_code_reward_on_records():
 
 
 def test_plain_data_round_trip_and_refusals():
-    from r1jax.rewards._sandbox_harness import EncodeError, decode, encode
+    from r1jax.rewards.sandbox.harness import EncodeError, decode, encode
 
     values = [None, True, 0, -7, 2**80, 1.5, float("inf"), "x", [1, (2, 3)], {"a": {1, 2}}, {(1, 2): frozenset({3})}]
     for v in values:

@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 
+from benchmarks.studies import reflection_kinds
 from r1jax.data import corpus, provenance
 from r1jax.data.tasks import Example, evaluate, get_task
 
@@ -334,13 +335,7 @@ def test_pretraining_corpus_mixes_styles_at_the_set_rates():
 
 
 def test_reflection_kinds_tell_a_checked_guess_from_a_checked_step():
-    """benchmarks/reflection_kinds.py, on hand-written completions for 624+949=1573."""
-    import pathlib
-    import sys
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
-    import reflection_kinds
-
+    """benchmarks/studies/reflection_kinds.py, on hand-written completions for 624+949=1573."""
     task = get_task("arithmetic")
     rec = {"id": "q", "answer": "1573"}
     cols = "4+9=13, write 3, carry 1. 2+4+1=7, write 7. 6+9=15, write 5, carry 1. write 1. So 624+949=1573."

@@ -65,8 +65,8 @@ def linear(x: jax.Array, w: jax.Array) -> jax.Array:
     matmul wants one of the two transposed first. Left to autodiff it transposes g, which for the MLP's gate and up
     projections is the wide (N, F) array, inside the loop fusion that computes it (SiLU's derivative): a strided
     write that cost a third of the tiny preset's SFT step. Here the narrower of the two is the one transposed
-    (`benchmarks/op_profile.py` shows the step before and after). The math is the standard one, so other backends
-    see the same values and gradients (`tests/test_model.py` checks them against autodiff).
+    (`benchmarks/measure/op_profile.py` shows the step before and after). The math is the standard one, so other
+    backends see the same values and gradients (`tests/test_model.py` checks them against autodiff).
     """
     return x @ w
 

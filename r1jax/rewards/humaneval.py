@@ -8,7 +8,7 @@ order shuffled by `seed`, all of them in split 'test', for `r1jax eval` (pass@1 
 A completion's answer is a Python program (a ```python block, or bare code) that defines the entry point;
 a body alone is completed with the problem's prompt, as in HumanEval's own harness. `verify` runs the
 problem's `check(candidate)` through `sandbox.code_reward`, so the verdict is decided outside the
-process running the answer (see sandbox.py).
+process running the answer (see sandbox/verdicts.py).
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ best time of a big f32 matmul (`--ceiling_n`³, jitted), plus a matmul of the mo
 ceiling measurements alternate (the machine is shared), and the medians of the step time and of the matmul rate
 give the headline `ratio` = model FLOP/s ÷ ceiling FLOP/s. Compilation is excluded (a first call per function).
 
-    python benchmarks/train_mfu.py --json /tmp/mfu.json
-    python benchmarks/train_mfu.py --layers 2 --seq 128 --repeats 2     # quick
+    python -m benchmarks.measure.train_mfu --json /tmp/mfu.json
+    python -m benchmarks.measure.train_mfu --layers 2 --seq 128 --repeats 2     # quick
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ import os
 import statistics
 import time
 
-import harness
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from benchmarks import harness
 
 
 def parse_args():

@@ -10,7 +10,7 @@ re-check whether it changed what came before it:
   direct              a one-step answer alone
   worked              the columns, no re-check
 
-    python benchmarks/reflection_kinds.py --workdir WORKDIR/seed_0 --split test --json /tmp/reflection.json
+    python -m benchmarks.studies.reflection_kinds --workdir WORKDIR/seed_0 --split test --json /tmp/reflection.json
 """
 
 from __future__ import annotations

@@ -29,11 +29,11 @@ At the Qwen2.5-0.5B shape (random weights, V = 151,936) it also measures:
   (`select_tokens` on the step's (B, V) logits, timed alone, over the decode step time).
 
     # full run (idle machine; tens of minutes on 2 CPU cores):
-    R1JAX_TORCH_PYTHON=/work/torchenv/bin/python python benchmarks/rollout_long.py --json /tmp/rollout_long.json
+    R1JAX_TORCH_PYTHON=/work/torchenv/bin/python python -m benchmarks.measure.rollout_long --json /tmp/rollout_long.json
     # the decode and sampling figures alone (minutes):
-    python benchmarks/rollout_long.py --models "" --json /tmp/rollout_decode.json
+    python -m benchmarks.measure.rollout_long --models "" --json /tmp/rollout_decode.json
     # check that it works (minutes):
-    R1JAX_TORCH_PYTHON=/work/torchenv/bin/python python benchmarks/rollout_long.py --quick
+    R1JAX_TORCH_PYTHON=/work/torchenv/bin/python python -m benchmarks.measure.rollout_long --quick
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import sys
 import tempfile
 import time
 
-import harness
+from benchmarks import harness
 
 HF_WORKER = r"""
 import json, os, sys, time

@@ -1,16 +1,16 @@
 """Before and after, side by side: one benchmark run alternately from two checkouts, reported as ratios.
 
 A speed-up claimed for a change is measured here: `--base` is a git revision, checked out into a temporary
-worktree; the working tree is the other side. The benchmark (any script under benchmarks/ that takes `--json`) runs
+worktree; the working tree is the other side. The benchmark (any module under benchmarks/ that takes `--json`) runs
 `--repeats` times for each side, alternating base, work, base, work, ... so that drift in the machine's speed hits
-both alike, each run in a fresh process with the same script (the working tree's) and arguments, and the side's own
-`r1jax` (and experiments/) first on PYTHONPATH: only the library differs. Each
+both alike, each run in a fresh process with the same benchmark (the working tree's) and arguments, in the side's
+root (relative paths such as experiments/ are the side's), with the side's own `r1jax`: only the library differs. Each
 JSON field named in `--fields` (dotted paths; `a.b` reads `json["a"]["b"]`) is reported as the median over runs
 of each side, with min and max, and the ratio base / work (> 1: the working tree is faster for a time).
 
-    python benchmarks/ab.py --base HEAD~1 --fields step_ms_best -- benchmarks/op_profile.py
-    python benchmarks/ab.py --base HEAD~1 --repeats 2 --fields phases_ms.update,phases_ms.sample \\
-        -- benchmarks/rl_step_breakdown.py --config experiments/r1_zero.py:tiny,headroom --base STAGE0/model
+    python -m benchmarks.measure.ab --base HEAD~1 --fields step_ms_best -- benchmarks.measure.op_profile
+    python -m benchmarks.measure.ab --base HEAD~1 --repeats 2 --fields phases_ms.update,phases_ms.sample \\
+        -- benchmarks.measure.rl_step_breakdown --config experiments/r1_zero.py:tiny,headroom --base STAGE0/model
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import subprocess
 import sys
 import tempfile
 
-import harness
+from benchmarks import harness
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = harness.REPO
 
 
 def parse_args():
@@ -34,11 +34,11 @@ def parse_args():
     p.add_argument("--repeats", type=int, default=3, help="runs per side, alternating")
     p.add_argument("--fields", required=True, help="comma-separated dotted JSON paths to report")
     p.add_argument("--json", default=None, help="write the figures here")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- SCRIPT ARGS... (the script relative to the repo)")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- MODULE ARGS... (a module under benchmarks/)")
     args = p.parse_args()
     args.command = [a for a in args.command if a != "--"] if args.command[:1] == ["--"] else args.command
-    if not args.command:
-        p.error("give the benchmark after --, e.g. -- benchmarks/op_profile.py")
+    if not args.command or not args.command[0].startswith("benchmarks."):
+        p.error(f"give the benchmark's module after --, e.g. -- benchmarks.measure.op_profile (got {args.command[:1]})")
     return args
 
 
@@ -48,9 +48,13 @@ def field(record: dict, path: str):
     return float(record)
 
 
-def run_side(root: str, command: list[str], out: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, os.path.join(REPO, command[0]), *command[1:], "--json", out]
+def run_side(root: str, command: list[str], out: str, scripts: str) -> dict:
+    """One run of the benchmark module with `root`'s r1jax. `scripts` holds only a link to the working tree's
+    benchmarks/, ahead of `root` on the path; PYTHONSAFEPATH keeps the working directory (`root`, which has a
+    benchmarks/ of its own) off sys.path, here and in any process the benchmark starts."""
+    path = os.pathsep.join(filter(None, [scripts, root, os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=path, PYTHONSAFEPATH="1")
+    cmd = [sys.executable, "-m", command[0], *command[1:], "--json", out]
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed in {root}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
@@ -63,14 +67,16 @@ def main():
     fields = [f for f in args.fields.split(",") if f]
     load = harness.LoadMonitor(own_threads=os.cpu_count())
     with tempfile.TemporaryDirectory() as tmp:
-        base_root = os.path.join(tmp, "base")
+        base_root, scripts = os.path.join(tmp, "base"), os.path.join(tmp, "scripts")
+        os.mkdir(scripts)
+        os.symlink(os.path.join(REPO, "benchmarks"), os.path.join(scripts, "benchmarks"))
         subprocess.run(["git", "-C", REPO, "worktree", "add", "--detach", base_root, args.base], check=True,
                        capture_output=True)
         try:
             runs = {"base": [], "work": []}
             for i in range(args.repeats):
                 for side, root in (("base", base_root), ("work", REPO)):
-                    record = run_side(root, args.command, os.path.join(tmp, f"{side}_{i}.json"))
+                    record = run_side(root, args.command, os.path.join(tmp, f"{side}_{i}.json"), scripts)
                     runs[side].append({f: field(record, f) for f in fields})
                     print(f"run {i + 1}/{args.repeats} {side}: " + ", ".join(
                         f"{f}={v:.4g}" for f, v in runs[side][-1].items()), flush=True)

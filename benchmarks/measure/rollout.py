@@ -14,8 +14,8 @@ samples, 32-token prompts, 128 new tokens, greedy, no EOS so every row decodes a
 Also reports the prefill FLOPs (XLA cost analysis) of the shared prefill (P rows) and of prefilling every copy
 (P*G rows): the ratio should be G.
 
-    python benchmarks/rollout.py --json /tmp/rollout.json                       # full size
-    python benchmarks/rollout.py --prompts 4 --samples 4 --new_tokens 32 --small   # quick
+    python -m benchmarks.measure.rollout --json /tmp/rollout.json                       # full size
+    python -m benchmarks.measure.rollout --prompts 4 --samples 4 --new_tokens 32 --small   # quick
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 
-import harness
+from benchmarks import harness
 
 HF_WORKER = r"""
 import json, sys, time

@@ -8,7 +8,7 @@ read bandwidth, and one large square matmul, under each XLA:CPU matmul library t
 A 16-row matmul reads the weight once, as a 1-row one does, and does 16× the FLOPs, which at these shapes is still
 below the matmul ceiling: at the read bandwidth it should take about as long as the 1-row product.
 
-    python benchmarks/decode_gemm.py --json /tmp/decode_gemm.json
+    python -m benchmarks.measure.decode_gemm --json /tmp/decode_gemm.json
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import os
 import subprocess
 import sys
 
-import harness
+from benchmarks import harness
 
 LIBRARIES = {"default": "", "xnnpack": "--xla_cpu_use_xnnpack=true", "onednn": "--xla_cpu_use_onednn=true"}
 SHAPES = [(16, 896, 4864), (1, 896, 4864), (16, 4864, 896), (16, 896, 151936), (1, 896, 151936), (1024, 1024, 1024)]
@@ -54,7 +54,7 @@ def main():
     results = {}
     for name, flag in LIBRARIES.items():
         env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip())
-        cmd = [sys.executable, os.path.abspath(__file__), "--_worker", f"--repeats={args.repeats}",
+        cmd = [sys.executable, "-m", __spec__.name, "--_worker", f"--repeats={args.repeats}",
                f"--threads={args.threads}"]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
         results[name] = json.loads(proc.stdout.strip().splitlines()[-1])

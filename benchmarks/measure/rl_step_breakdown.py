@@ -34,7 +34,7 @@ for the update also their input- and weight-gradient matmuls) are timed alone at
 (`harness.dense_shapes` / `harness.dense_rate`): their rate against the ceiling says whether the matmuls are slow
 at these shapes, and their time against the phase's says how much of the phase is not matmul work.
 
-    python benchmarks/rl_step_breakdown.py --json /tmp/rl_breakdown.json [--base /tmp/stage0/model]
+    python -m benchmarks.measure.rl_step_breakdown --json /tmp/rl_breakdown.json [--base /tmp/stage0/model]
 """
 
 from __future__ import annotations
@@ -46,18 +46,18 @@ import statistics
 import tempfile
 import time
 
-import harness
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import harness
 from r1jax import config_lib, rollouts, sampling, sharding, train_state
 from r1jax.data.pipeline import make_prompt_iterator
 from r1jax.data.sources import PromptFields
 from r1jax.main import run_experiment
 from r1jax.trainers import grpo as trainer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = harness.REPO
 
 
 def parse_args():

@@ -1,4 +1,4 @@
-"""Sandbox launcher, run as a script: `python -I _sandbox_runner.py <config.json>` (see sandbox.py).
+"""Sandbox launcher, run as a script: `python -I launcher.py <config.json>` (see confinement.py).
 
 It confines itself, then execs the untrusted program, so the program starts
 already confined. Standard library only: it runs before anything is imported.

@@ -3,8 +3,9 @@ trainer, each measured by held-out accuracy (test split, 95% bootstrap intervals
 
     # one stage-0 base, then both experiments (CPU, 2 cores: about an hour in all)
     r1jax train --config experiments/pretrain.py:tiny --workdir /tmp/async/stage0
-    python benchmarks/async_rl.py --experiment staleness --base /tmp/async/stage0/model --json /tmp/async_staleness.json
-    python benchmarks/async_rl.py --experiment bf16 --base /tmp/async/stage0/model --json /tmp/async_bf16.json
+    python -m benchmarks.measure.async_rl --experiment staleness --base /tmp/async/stage0/model \\
+        --json /tmp/async_staleness.json
+    python -m benchmarks.measure.async_rl --experiment bf16 --base /tmp/async/stage0/model --json /tmp/async_bf16.json
 
   staleness   8 CPU devices (XLA's host-platform device count, set here): the last 4 sample, the first 4 train
               (rl.sampler_devices=4, mesh.shape=(4, 1, 1)); rl.max_staleness 0, 1, 2, and 1 and 2 with truncated
@@ -31,7 +32,9 @@ import statistics
 import sys
 import time
 
-EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+from benchmarks import harness
+
+EXPERIMENTS = os.path.join(harness.REPO, "experiments")
 
 
 # truncated importance sampling: token weights π_old / π_sampler capped at 2 (TRL's vllm_importance_sampling_*)

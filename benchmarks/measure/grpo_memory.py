@@ -12,7 +12,7 @@ backward's working set, gradients). Variants set switches against the base setti
                default chunked kernel that never holds more than one (block_n, block_v) tile
   shared       `rl.shared_prompt_forward`: each prompt runs once for its G = `--group` samples (KV cache)
 
-    python benchmarks/grpo_memory.py --shape qwen2.5-0.5b --rows 16 --prompt_len 256 --completion_len 128 \\
+    python -m benchmarks.measure.grpo_memory --shape qwen2.5-0.5b --rows 16 --prompt_len 256 --completion_len 128 \\
         --json /tmp/grpo_memory.json
 
 Nothing is allocated but the compile itself (the inputs are `jax.ShapeDtypeStruct`s), so any shape can be

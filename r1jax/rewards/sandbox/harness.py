@@ -1,4 +1,5 @@
-"""The program that runs inside the sandbox for function-call tests (see sandbox.py); standard library only.
+"""The program that runs inside the sandbox for function-call and checked-assert tests (see verdicts.py);
+standard library only.
 
 Copied into the sandbox's work dir as its main program, it plays one of two roles named by `harness.json`:
 

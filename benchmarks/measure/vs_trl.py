@@ -17,7 +17,7 @@ Both trainers run as shipped (r1jax: `r1jax.trainers.grpo.train`; TRL: `trl.GRPO
              update and the reference pass (`rl.shared_prompt_forward`, as the real-model presets of
              experiments/r1_zero.py do; `--shared-prompt 0/1` overrides), and P = 2 prompts (16 rows) is the
              default: without the shared prompt forward r1jax's step needs 26.4 GiB at 16 rows with remat
-             (benchmarks/grpo_memory.py), more than a 24 GB machine has, with it 14.6 GiB (both with
+             (benchmarks/measure/grpo_memory.py), more than a 24 GB machine has, with it 14.6 GiB (both with
              XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false, which the runs in RESULTS.md set)
   reward     the target-language share of each completion (r1jax: its 'language' reward; TRL: the same formula
              as a Python function)
@@ -30,9 +30,9 @@ are excluded. r1jax and TRL runs alternate `--repeats` times (the machine is sha
 TRL runs in its own environment: `--trl-python PATH` (default $R1JAX_TORCH_PYTHON, else
 .venv-torch/bin/python), or `--make-venv DIR` to create one from PyPI (torch CPU, transformers, trl, datasets).
 
-    python benchmarks/vs_trl.py --json /tmp/vs_trl.json
-    python benchmarks/vs_trl.py --steps 3 --warmup 1 --repeats 1      # quick
-    python benchmarks/vs_trl.py --shape qwen2.5-0.5b --json /tmp/vs_trl_05b.json   # Qwen2.5-0.5B, ~25 min on 2 cores
+    python -m benchmarks.measure.vs_trl --json /tmp/vs_trl.json
+    python -m benchmarks.measure.vs_trl --steps 3 --warmup 1 --repeats 1      # quick
+    python -m benchmarks.measure.vs_trl --shape qwen2.5-0.5b --json /tmp/vs_trl_05b.json  # ~25 min on 2 cores
 
 `--shape qwen2.5-0.5b` uses the Qwen2.5-0.5B configuration (random weights, V = 151,936 padded into the character
 tokenizer with filler tokens, tied embeddings) with `--prompt_len` (default 256) characters per prompt. Both sides
@@ -53,7 +53,7 @@ import sys
 import tempfile
 import time
 
-import harness
+from benchmarks import harness
 
 TRL_WORKER = r"""
 import json, sys, time
@@ -292,7 +292,7 @@ def in_subprocess(args, role: str, tmp: str, k: int = 0) -> dict:
         if not skip and not a.startswith("--json"):
             argv.append(a)
         skip = a == "--json"
-    cmd = [sys.executable, os.path.abspath(__file__), *argv, f"--_worker={role}", f"--_tmp={tmp}", f"--_out={out}"]
+    cmd = [sys.executable, "-m", __spec__.name, *argv, f"--_worker={role}", f"--_tmp={tmp}", f"--_out={out}"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"{role} worker failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")

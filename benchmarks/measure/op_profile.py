@@ -13,9 +13,9 @@ Op times are wall times of concurrently scheduled thunks on a shared thread pool
 time; the shares are what to read. The default shape is the tiny preset at the built-in stage 0's batch
 (D=128, L=4, H=4, K=2, F=384, V=384; B=16 × S=256).
 
-    python benchmarks/op_profile.py                       # tiny preset, stage-0 batch
-    python benchmarks/op_profile.py --embed_dim 512 --layers 10 --heads 8 --kv_heads 8 --mlp_dim 1536 --vocab 32768 \\
-        --seq 512 --batch 4 --top 20 --json /tmp/ops.json
+    python -m benchmarks.measure.op_profile                       # tiny preset, stage-0 batch
+    python -m benchmarks.measure.op_profile --embed_dim 512 --layers 10 --heads 8 --kv_heads 8 --mlp_dim 1536 \\
+        --vocab 32768 --seq 512 --batch 4 --top 20 --json /tmp/ops.json
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import os
 import re
 import tempfile
 
-import harness
+from benchmarks import harness
 
 
 def parse_args():

@@ -8,7 +8,7 @@ nothing is allocated. 'pallas' is included only where it compiles (GPU/TPU).
 Time: forward+backward on the default backend at N=2048, D=512, V=32000
 (f32), xla and chunked interleaved, median of the repetitions.
 
-    python benchmarks/logprob_memory.py [--reps 7] [--json results.json]
+    python -m benchmarks.measure.logprob_memory [--reps 7] [--json results.json]
 """
 
 import argparse
@@ -16,11 +16,11 @@ import json
 import os
 import time
 
-import harness
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import harness
 from r1jax.kernels.grouped_logprob import api
 
 QWEN_D, QWEN_V = 1536, 151936

@@ -23,8 +23,8 @@ recorded under its name (`ok: false`, the error) and the other sections still ru
 `--smoke` runs every section at tiny shapes on CPU (interpret-mode Pallas, f32 kernels with a tight tolerance) in
 well under a minute; the default test suite runs it (tests/test_device_suite.py).
 
-    python benchmarks/device_suite.py --json /tmp/device_suite.json          # on the accelerator, ~5-8 min
-    python benchmarks/device_suite.py --smoke --json /tmp/device_suite.json  # CPU, tiny
+    python -m benchmarks.measure.device_suite --json /tmp/device_suite.json          # on the accelerator, ~5-8 min
+    python -m benchmarks.measure.device_suite --smoke --json /tmp/device_suite.json  # CPU, tiny
 """
 
 from __future__ import annotations
@@ -36,12 +36,12 @@ import os
 import time
 import traceback
 
-import harness
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from benchmarks import harness
 from r1jax import sampling, sharding, train_state
 from r1jax.kernels import _common
 from r1jax.kernels.grouped_logprob import api as logprob_api

@@ -1,7 +1,7 @@
 """The full R1 pipeline over several seeds, pooled: every stage's held-out metrics with 95% intervals over
 seeds × prompts, and the paper's comparisons as paired differences with their intervals.
 
-    python benchmarks/pipeline_seeds.py --workdir /tmp/pipe --seeds 3 [--json PATH] [--config.x=y ...]
+    python -m benchmarks.studies.pipeline_seeds --workdir /tmp/pipe --seeds 3 [--json PATH] [--config.x=y ...]
 
 For each seed s it runs `r1jax pipeline --config experiments/pipeline.py:tiny --workdir WORKDIR/seed_<s>
 --config.seed=<s>` in a fresh process (a finished seed is reused: the pipeline skips complete stages and cached
@@ -20,8 +20,10 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from benchmarks import harness
+from r1jax import config_lib, evals
+
+REPO = harness.REPO
 
 COLUMNS = (  # the metrics of the pooled table, in order
     "pass@1", "format_rate", "accuracy_given_format", "cons@k", "mean_length", "language_consistency",
@@ -42,8 +44,6 @@ def run_seed(workdir: str, seed: int, spec: str, overrides: list[str]) -> float:
 def pooled(workdirs: list[str], config) -> dict:
     """Per stage: pooled metrics with intervals; comparisons with paired-difference intervals; per-seed reports."""
     import numpy as np
-
-    from r1jax import evals
 
     sums, stages = {}, {}
     for stage in config.stages:
@@ -125,8 +125,6 @@ def main(argv=None):
     bad = [o for o in overrides if not o.startswith("--config.")]
     if bad or args.seeds < 1:
         p.error(f"unknown arguments {bad}" if bad else f"--seeds={args.seeds}: must be >= 1")
-    from r1jax import config_lib
-
     config = config_lib.load_config(args.config, [o[len("--config."):] for o in overrides])
     workdirs, walls = [], {}
     for s in range(args.seed, args.seed + args.seeds):
