@@ -6,6 +6,9 @@ compiled, the compile time, the Mosaic calls in the program, and for each of the
 dW) the block sizes the VMEM rule chose, its VMEM footprint estimate and the limit set (kernels/_tpu.py).
 
     ALLOW_MULTIPLE_LIBTPU_LOAD=1 python benchmarks/tpu_kernel_compile.py [--n 16384] [--json out.json]
+
+`--vocab-study`: instead, per-chip memory of the value-and-gradient program on v5e:2x2 as mesh (1, 1, 4) with the
+vocabulary split over 'tensor' inside shard_map (what the kernels do) against the head gathered onto every chip.
 """
 
 import argparse
@@ -14,7 +17,7 @@ import time
 
 import jax.numpy as jnp
 
-from r1jax.kernels import _tpu, tpu_compile
+from r1jax.kernels import _sharded, _tpu, tpu_compile
 from r1jax.kernels.grouped_logprob import pallas_tpu as logprob_tpu
 from r1jax.kernels.kl import pallas_tpu as kl_tpu
 
@@ -39,11 +42,29 @@ def _blocks(kernel, chip, head, dtype, n):
     return ", ".join(out), _tpu.vmem_limit_bytes(kind) // MIB
 
 
+def vocab_study(n: int):
+    print("| kernel | head | vocabulary | argument GiB | output GiB | temp GiB | compile s | Mosaic calls |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for kernel in ("logprob", "kl"):
+        for head in ("0.5b", "7b"):
+            for name, axis in (("split", "tensor"), ("gathered", None)):
+                _sharded.VOCAB_AXIS = axis
+                compiled, secs = tpu_compile.compile_kernel(kernel, "v5e", head, jnp.bfloat16, n, mesh_shape=(1, 1, 4))
+                m = compiled.memory_analysis()
+                gib = [x / 2**30 for x in (m.argument_size_in_bytes, m.output_size_in_bytes, m.temp_size_in_bytes)]
+                print(f"| {kernel} | {head} | {name} | {gib[0]:.2f} | {gib[1]:.2f} | {gib[2]:.2f} | {secs:.1f} "
+                      f"| {tpu_compile.mosaic_calls(compiled)} |", flush=True)
+    _sharded.VOCAB_AXIS = "tensor"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=16384)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--vocab-study", action="store_true")
     args = parser.parse_args()
+    if args.vocab_study:
+        return vocab_study(args.n)
     rows, start = [], time.perf_counter()
     print("| kernel | chip | head | dtype | compiles | compile s | Mosaic calls | blocks (bn x bv) | VMEM limit MiB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
