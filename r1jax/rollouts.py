@@ -324,22 +324,26 @@ def step_metrics(m, reward_stats: dict, summary: BatchSummary, num_rounds: int, 
 # Device functions: completion log-probs and the GRPO train step
 
 
-def completion_logps(graphdef, params, batch, *, temperature, implementation, entropy=False, group_size=1):
+def completion_logps(
+    graphdef, params, batch, *, temperature, implementation, entropy=False, group_size=1, mesh=None
+):
     """log π(token) of each completion token (B, Tc), through the sampler's own code path; `group_size` G > 1
-    runs each group's shared prompt once (`sampling.sequence_logps`)."""
+    runs each group's shared prompt once (`sampling.sequence_logps`); `mesh`: the step's mesh (the kernel's
+    implementation follows its devices, and Pallas kernels run in shard_map over it)."""
     return sampling.sequence_logps(
         nnx.merge(graphdef, params), batch["tokens_bs"], batch["mask_bs"], batch["completion_bt"],
         temperature=temperature, implementation=implementation, return_entropy=entropy, group_size=group_size,
+        mesh=mesh,
     )
 
 
-def train_step(state, batch, *, graphdef, optimizer, loss_kw, temperature, implementation, group_size=1):
+def train_step(state, batch, *, graphdef, optimizer, loss_kw, temperature, implementation, group_size=1, mesh=None):
     """One optimizer update on a rollout batch. Pure; jitted once with the state donated."""
 
     def loss_fn(params):
         logps_bt, entropy_bt = completion_logps(
             graphdef, params, batch, temperature=temperature, implementation=implementation, entropy=True,
-            group_size=group_size,
+            group_size=group_size, mesh=mesh,
         )
         loss, m = grpo.policy_loss(
             logps_bt, batch.get("old_logps_bt"), batch.get("ref_logps_bt"), batch["advantages_b"],
@@ -403,7 +407,7 @@ def make_grpo_step(c, graphdef, optimizer, mesh, state_shardings) -> GRPOStep:
         batch_shardings["ref_logps_bt"] = rows
     device_kw = dict(
         temperature=c.sampling.temperature, implementation=c.kernels.implementation,
-        group_size=rl.group_size if rl.shared_prompt_forward else 1,
+        group_size=rl.group_size if rl.shared_prompt_forward else 1, mesh=mesh,
     )
     step = jax.jit(
         functools.partial(train_step, graphdef=graphdef, optimizer=optimizer, loss_kw=loss_kwargs(c), **device_kw),

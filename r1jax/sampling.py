@@ -680,7 +680,7 @@ def trim_completions(rollout: Rollout, config: SamplingConfig) -> Rollout:
 
 def sequence_logps(
     model, tokens_bs, mask_bs, completion_bt, *, temperature: float = 1.0, implementation: str = "auto",
-    return_entropy: bool = False, group_size: int = 1,
+    return_entropy: bool = False, group_size: int = 1, mesh=None,
 ):
     """log pi of the last Tc tokens of each [left-padded prompt ; completion] row (B, S).
 
@@ -693,7 +693,8 @@ def sequence_logps(
     cache, and its G completions run against copies of that cache, like the sampler's shared prefill. The prompt's
     forward and backward then cost P rows instead of P·G; the gradient through the copies is the sum over the
     group, so values and gradients equal the plain forward's up to float rounding (`tests/test_sampling.py`).
-    The rows' prompts are not checked for equality here: the caller guarantees it.
+    The rows' prompts are not checked for equality here: the caller guarantees it. `mesh`: the mesh the caller
+    compiles for; the kernel's implementation follows its devices, and Pallas kernels run in shard_map over it.
     """
     tc = completion_bt.shape[1]
     if group_size > 1:
@@ -708,6 +709,7 @@ def sequence_logps(
         temperature=temperature,
         return_entropy=return_entropy,
         implementation=implementation,
+        mesh=mesh,
     )
 
 

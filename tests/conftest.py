@@ -20,6 +20,10 @@ if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     _FLAGS = [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]
     os.environ["XLA_FLAGS"] = " ".join(filter(None, _FLAGS))
 
+# libtpu (a dev dependency: tests/test_tpu_compile.py compiles for TPU chips on this host) takes a host-wide lock
+# when a process loads it, which jax does at backend start-up; parallel test workers each load it.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
 REWARD_EXPERIMENT = '''
 """experiments/r1_zero.py with the test reward {reward} (tests only)."""
 import os

@@ -18,7 +18,7 @@ from jax import lax
 from r1jax.kernels._common import block_start, cdiv, dot_f32, fresh_mask, loop_slice, shrink_block
 from r1jax.kernels.grouped_logprob import tiles
 
-# Tuned on a 2-core CPU (benchmarks/logprob_memory.py): large tiles keep the
+# Tuned on a 2-core CPU (benchmarks/measure/logprob_memory.py): large tiles keep the
 # matmuls efficient; a (1024, 2048) f32 tile is 8 MB.
 BLOCK_N = 1024
 BLOCK_V = 2048

@@ -11,7 +11,9 @@ Mosaic runs it sequentially on one core while the other axis is 'parallel':
   dW       grid (vocab blocks, token blocks): recompute the logit tile,
            accumulate h_blkᵀ @ dz into a (D, block_v) f32 scratch.
 
-D is never blocked (a (block_n, D) and a (D, block_v) tile sit in VMEM).
+D is never blocked: a (block_n, D) tile of h and a (D, block_v) tile of W sit in VMEM, and the backward's
+accumulators are one (block_n, D) or (D, block_v) f32 tile; dh and dW leave VMEM tile by tile. Block sizes
+come from the target chip's VMEM budget (kernels/_tpu.py), so every Qwen2.5 head fits every generation.
 Ragged tails: Pallas pads the last block with garbage (NaN in interpret
 mode) and drops out-of-range writes, so every tile masks rows ≥ N and
 columns ≥ V before they can reach a reduction or a matmul contraction.
@@ -27,6 +29,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from r1jax.kernels import _tpu
 from r1jax.kernels._common import cdiv, dot_f32, shrink_block
 from r1jax.kernels.grouped_logprob import tiles
 
@@ -65,20 +68,35 @@ def _forward_kernel(h_ref, w_ref, t_ref, logp_ref, ent_ref, lse_ref, m_sc, s_sc,
         lse_ref[...] = lse
 
 
-def compiler_params(interpret):
-    """Mosaic settings: token/vocab outer axis parallel, the reduced (last) axis sequential."""
-    if interpret:
-        return None
-    return pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary"))
+def _blocks(kind: str, h_nd, w_dv, block_n, block_v, device_kind):
+    """(block_n, block_v, vmem limit) for one kernel: 'fwd', 'dh' or 'dw' (footprints in bytes, see _tpu.py)."""
+    (n, d), v, b = h_nd.shape, w_dv.shape[1], h_nd.dtype.itemsize
+
+    def footprint(bn, bv):
+        inputs = 2 * bn * d * b + 2 * d * bv * b  # double-buffered h and W tiles
+        acc = {"fwd": 0, "dh": 4 * bn * d + 2 * bn * d * b, "dw": 4 * d * bv + 2 * d * bv * b}[kind]
+        return inputs + acc + _tpu.tile_temporaries(bn, bv)
+
+    limit = _tpu.vmem_limit_bytes(device_kind)
+    bn, bv = _tpu.fit_blocks(footprint, block_n or BLOCK_N, block_v or BLOCK_V, n, v, limit)
+    return shrink_block(bn, n), shrink_block(bv, v), limit
+
+
+def _cost(h_nd, w_dv, bn, bv, matmuls: int, h_reads: int, w_reads: int):
+    """pl.CostEstimate of one kernel: `matmuls` (N, D) x (D, V) products, one exp per logit, tile traffic."""
+    (n, d), v, b = h_nd.shape, w_dv.shape[1], h_nd.dtype.itemsize
+    return pl.CostEstimate(
+        flops=2 * n * d * v * matmuls, transcendentals=n * v, bytes_accessed=(n * d * h_reads + d * v * w_reads) * b
+    )
 
 
 def forward(
-    h_nd, w_dv, targets_n, *, temperature: float, block_n: int = BLOCK_N, block_v: int = BLOCK_V, interpret=False
+    h_nd, w_dv, targets_n, *, temperature: float, block_n=None, block_v=None, interpret=False, device_kind=None
 ):
-    """Returns (logp_n, entropy_n, lse_n), f32."""
+    """Returns (logp_n, entropy_n, lse_n), f32. Blocks default to the largest that fit `device_kind`'s VMEM."""
     n, d = h_nd.shape
     v = w_dv.shape[1]
-    bn, bv = shrink_block(block_n, n), shrink_block(block_v, v)
+    bn, bv, limit = _blocks("fwd", h_nd, w_dv, block_n, block_v, device_kind)
     row_spec = pl.BlockSpec((bn, 1), lambda i, j: (i, 0))
     out_n1 = jax.ShapeDtypeStruct((n, 1), jnp.float32)
     logp, ent, lse = pl.pallas_call(
@@ -92,7 +110,8 @@ def forward(
         out_specs=[row_spec, row_spec, row_spec],
         out_shape=[out_n1, out_n1, out_n1],
         scratch_shapes=[pltpu.VMEM((bn, 1), jnp.float32)] * 4,
-        compiler_params=compiler_params(interpret),
+        compiler_params=_tpu.compiler_params(interpret, limit),
+        cost_estimate=_cost(h_nd, w_dv, bn, bv, 1, 1, cdiv(n, bn)),
         interpret=interpret,
         name="grouped_logprob_fwd",
     )(h_nd, w_dv, targets_n.astype(jnp.int32)[:, None])
@@ -157,21 +176,22 @@ def backward(
     g_entropy_n,
     *,
     temperature: float,
-    block_n: int = BLOCK_N,
-    block_v: int = BLOCK_V,
+    block_n=None,
+    block_v=None,
     interpret=False,
+    device_kind=None,
 ):
     """Returns (dh_nd, dw_dv) in the dtypes of h and W; g_entropy_n may be None."""
     n, d = h_nd.shape
     v = w_dv.shape[1]
-    bn, bv = shrink_block(block_n, n), shrink_block(block_v, v)
     rows = [targets_n.astype(jnp.int32), lse_n, entropy_n, g_logp_n]
     if g_entropy_n is not None:
         rows.append(g_entropy_n)
     rows = [r[:, None] for r in rows]
     kw = dict(n=n, v=v, inv_t=1.0 / temperature)
-    nb_n, nb_v = cdiv(n, bn), cdiv(v, bv)
 
+    bn, bv, limit = _blocks("dh", h_nd, w_dv, block_n, block_v, device_kind)
+    nb_n, nb_v = cdiv(n, bn), cdiv(v, bv)
     dh = pl.pallas_call(
         functools.partial(_dh_kernel, **kw),
         grid=(nb_n, nb_v),
@@ -180,11 +200,14 @@ def backward(
         out_specs=pl.BlockSpec((bn, d), lambda i, j: (i, 0)),
         out_shape=jax.ShapeDtypeStruct((n, d), h_nd.dtype),
         scratch_shapes=[pltpu.VMEM((bn, d), jnp.float32)],
-        compiler_params=compiler_params(interpret),
+        compiler_params=_tpu.compiler_params(interpret, limit),
+        cost_estimate=_cost(h_nd, w_dv, bn, bv, 2, 2, nb_n),
         interpret=interpret,
         name="grouped_logprob_dh",
     )(h_nd, w_dv, *rows)
 
+    bn, bv, limit = _blocks("dw", h_nd, w_dv, block_n, block_v, device_kind)
+    nb_n, nb_v = cdiv(n, bn), cdiv(v, bv)
     dw = pl.pallas_call(
         functools.partial(_dw_kernel, **kw),
         grid=(nb_v, nb_n),
@@ -193,7 +216,8 @@ def backward(
         out_specs=pl.BlockSpec((d, bv), lambda j, i: (0, j)),
         out_shape=jax.ShapeDtypeStruct((d, v), w_dv.dtype),
         scratch_shapes=[pltpu.VMEM((d, bv), jnp.float32)],
-        compiler_params=compiler_params(interpret),
+        compiler_params=_tpu.compiler_params(interpret, limit),
+        cost_estimate=_cost(h_nd, w_dv, bn, bv, 2, nb_v, 2),
         interpret=interpret,
         name="grouped_logprob_dw",
     )(h_nd, w_dv, *rows)

@@ -5,15 +5,18 @@ vocabulary but not necessarily the hidden size (a student and a teacher).
 Gradients flow to the p side only (h_p, W_p); the q side is a constant, as
 in distillation towards a fixed teacher. The blockwise forward keeps
 (kl, lse_p, lse_q) per token; the backward recomputes both logit tiles.
+On a mesh of more than one device the Pallas kernels run inside `shard_map`
+(kernels/_sharded.py).
 """
 
 import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from r1jax.kernels import _common
+from r1jax.kernels import _common, _sharded
 from r1jax.kernels.kl import chunked, reference
 
 
@@ -23,7 +26,8 @@ class _Spec:
 
     implementation: str  # 'chunked' | 'pallas_gpu' | 'pallas_tpu'
     temperature: float
-    options: tuple  # sorted (name, value) pairs: block sizes, interpret
+    options: tuple  # sorted (name, value) pairs: block sizes, interpret, device_kind
+    mesh: Any = None  # a Mesh of > 1 device: the kernels run per device inside shard_map
 
     def module(self):
         if self.implementation == "chunked":
@@ -37,7 +41,16 @@ class _Spec:
         return pallas_tpu
 
     def forward(self, *args):
-        return self.module().forward(*args, temperature=self.temperature, **dict(self.options))
+        kw = dict(self.options, temperature=self.temperature)
+        if self.mesh is None:
+            return self.module().forward(*args, **kw)
+        return _sharded.kl_forward(self.module(), self.mesh, *args, **kw)
+
+    def backward(self, *args):
+        kw = dict(self.options, temperature=self.temperature)
+        if self.mesh is None:
+            return self.module().backward(*args, **kw)
+        return _sharded.kl_backward(self.module(), self.mesh, *args, **kw)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -51,9 +64,7 @@ def _blockwise_fwd(h_p_nd, w_p_dv, h_q_ne, w_q_ev, spec: _Spec):
 
 
 def _blockwise_bwd(spec: _Spec, residuals, g_n):
-    dh_p_nd, dw_p_dv = spec.module().backward(
-        *residuals, g_n.astype(jnp.float32), temperature=spec.temperature, **dict(spec.options)
-    )
+    dh_p_nd, dw_p_dv = spec.backward(*residuals, g_n.astype(jnp.float32))
     # The q side is a constant (stop-gradient): zero cotangents.
     return dh_p_nd, dw_p_dv, None, None
 
@@ -61,7 +72,7 @@ def _blockwise_bwd(spec: _Spec, residuals, g_n):
 _blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
 
 
-def kl_nd(h_p_nd, w_p_dv, h_q_ne, w_q_ev, *, temperature: float, implementation: str, **options):
+def kl_nd(h_p_nd, w_p_dv, h_q_ne, w_q_ev, *, temperature: float, implementation: str, mesh=None, **options):
     """Flat (N, ·) form with implementation options (block sizes, `interpret`); returns kl_n.
 
     `implementation` must be concrete ('xla', 'chunked', 'pallas_gpu',
@@ -71,14 +82,13 @@ def kl_nd(h_p_nd, w_p_dv, h_q_ne, w_q_ev, *, temperature: float, implementation:
         if options:
             raise ValueError(f"options={options}: the 'xla' implementation takes no block sizes")
         return reference.kl(h_p_nd, w_p_dv, h_q_ne, w_q_ev, temperature=temperature)
-    if implementation.startswith("pallas") and "interpret" not in options:
-        options["interpret"] = _common.interpret_default(implementation)
+    options, mesh = _common.pallas_options(implementation, options, mesh)
     h_q_ne, w_q_ev = jax.lax.stop_gradient((h_q_ne, w_q_ev))
-    spec = _Spec(implementation, temperature, tuple(sorted(options.items())))
+    spec = _Spec(implementation, temperature, tuple(sorted(options.items())), mesh)
     return _blockwise(h_p_nd, w_p_dv, h_q_ne, w_q_ev, spec)
 
 
-def kl(h_p_nd, w_p_dv, h_q_ne, w_q_ev, *, temperature=1.0, implementation="auto"):
+def kl(h_p_nd, w_p_dv, h_q_ne, w_q_ev, *, temperature=1.0, implementation="auto", mesh=None):
     """Exact KL(π_p ‖ π_q) per token, f32, without the (N, V) logits.
 
     Args:
@@ -88,7 +98,8 @@ def kl(h_p_nd, w_p_dv, h_q_ne, w_q_ev, *, temperature=1.0, implementation="auto"
       w_q_ev: LM head of q (E, V), same V as w_p_dv.
       temperature: T > 0 applied to both logits, a Python number.
       implementation: as in `grouped_logprob` ('auto', 'xla', 'chunked', 'pallas',
-        'pallas_gpu', 'pallas_tpu').
+        'pallas_gpu', 'pallas_tpu'), resolved for the target (the mesh's devices).
+      mesh: as in `grouped_logprob`: the Pallas kernels run inside shard_map over a mesh of > 1 device.
 
     Returns:
       kl (...) f32. Differentiable w.r.t. h_p and W_p; h_q and W_q get zero gradients.
@@ -104,7 +115,7 @@ def kl(h_p_nd, w_p_dv, h_q_ne, w_q_ev, *, temperature=1.0, implementation="auto"
             f"w_p_dv.shape={w_p_dv.shape}, w_q_ev.shape={w_q_ev.shape}: both heads must have the same vocabulary V"
         )
     temperature = _common.check_temperature(temperature)
-    implementation = _common.resolve_implementation(implementation)
+    implementation = _common.resolve_implementation(implementation, _common.target_platform(mesh))
 
     batch_shape = h_p_nd.shape[:-1]
     n = 1
@@ -121,5 +132,6 @@ def kl(h_p_nd, w_p_dv, h_q_ne, w_q_ev, *, temperature=1.0, implementation="auto"
         w_q_ev,
         temperature=temperature,
         implementation=implementation,
+        mesh=mesh,
     )
     return kl_n.reshape(batch_shape)

@@ -5,7 +5,8 @@ step (p from h_p, W_p; q from h_q, W_q, whose hidden sizes D and E may
 differ): forward over (token blocks, vocab blocks), dh_p over (token blocks,
 vocab blocks) into a (block_n, D) f32 scratch, dW_p over (vocab blocks,
 token blocks) into a (D, block_v) f32 scratch. Rows ≥ N and columns ≥ V of
-the padded tail blocks are masked before any reduction or contraction.
+the padded tail blocks are masked before any reduction or contraction. Block
+sizes fit the target chip's VMEM (kernels/_tpu.py).
 """
 
 import functools
@@ -15,12 +16,37 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from r1jax.kernels import _tpu
 from r1jax.kernels._common import cdiv, dot_f32, shrink_block
-from r1jax.kernels.grouped_logprob.pallas_tpu import compiler_params, masks
+from r1jax.kernels.grouped_logprob.pallas_tpu import masks
 from r1jax.kernels.kl import tiles
 
 BLOCK_N = 256
 BLOCK_V = 512
+
+
+def _blocks(kind: str, h_p_nd, h_q_ne, v, block_n, block_v, device_kind):
+    """(block_n, block_v, vmem limit) for 'fwd', 'dh' or 'dw': both sides' tiles stream, p's accumulators."""
+    (n, d), e, b = h_p_nd.shape, h_q_ne.shape[1], h_p_nd.dtype.itemsize
+
+    def footprint(bn, bv):
+        inputs = 2 * (bn + bv) * (d * b + e * h_q_ne.dtype.itemsize)  # double-buffered h and W tiles, p and q
+        acc = {"fwd": 0, "dh": 4 * bn * d + 2 * bn * d * b, "dw": 4 * d * bv + 2 * d * bv * b}[kind]
+        return inputs + acc + 2 * _tpu.tile_temporaries(bn, bv)  # two logit tiles
+
+    limit = _tpu.vmem_limit_bytes(device_kind)
+    bn, bv = _tpu.fit_blocks(footprint, block_n or BLOCK_N, block_v or BLOCK_V, n, v, limit)
+    return shrink_block(bn, n), shrink_block(bv, v), limit
+
+
+def _cost(h_p_nd, h_q_ne, v, matmuls_p: int, h_reads: int, w_reads: int):
+    """pl.CostEstimate: q's logits once, p's `matmuls_p` times; two exps per logit pair; tile traffic."""
+    (n, d), e, b = h_p_nd.shape, h_q_ne.shape[1], h_p_nd.dtype.itemsize
+    return pl.CostEstimate(
+        flops=2 * n * v * (d * matmuls_p + e),
+        transcendentals=2 * n * v,
+        bytes_accessed=(n * h_reads + v * w_reads) * (d + e) * b,
+    )
 
 
 def _logit_tiles(h_p, w_p, h_q, w_q, inv_t):
@@ -69,14 +95,15 @@ def forward(
     w_q_ev,
     *,
     temperature: float,
-    block_n: int = BLOCK_N,
-    block_v: int = BLOCK_V,
+    block_n=None,
+    block_v=None,
     interpret=False,
+    device_kind=None,
 ):
-    """Returns (kl_n, lse_p_n, lse_q_n), f32."""
+    """Returns (kl_n, lse_p_n, lse_q_n), f32. Blocks default to the largest that fit `device_kind`'s VMEM."""
     (n, d), e = h_p_nd.shape, h_q_ne.shape[1]
     v = w_p_dv.shape[1]
-    bn, bv = shrink_block(block_n, n), shrink_block(block_v, v)
+    bn, bv, limit = _blocks("fwd", h_p_nd, h_q_ne, v, block_n, block_v, device_kind)
     in_specs, row_spec = _specs(bn, bv, d, e, "nv")
     out_n1 = jax.ShapeDtypeStruct((n, 1), jnp.float32)
     outs = pl.pallas_call(
@@ -86,7 +113,8 @@ def forward(
         out_specs=[row_spec] * 3,
         out_shape=[out_n1] * 3,
         scratch_shapes=[pltpu.VMEM((bn, 1), jnp.float32)] * 5,
-        compiler_params=compiler_params(interpret),
+        compiler_params=_tpu.compiler_params(interpret, limit),
+        cost_estimate=_cost(h_p_nd, h_q_ne, v, 1, 1, cdiv(n, bn)),
         interpret=interpret,
         name="kl_fwd",
     )(h_p_nd, w_p_dv, h_q_ne, w_q_ev)
@@ -152,18 +180,19 @@ def backward(
     g_n,
     *,
     temperature: float,
-    block_n: int = BLOCK_N,
-    block_v: int = BLOCK_V,
+    block_n=None,
+    block_v=None,
     interpret=False,
+    device_kind=None,
 ):
     """Returns (dh_p_nd, dw_p_dv) in the dtypes of h_p and W_p."""
     (n, d), e = h_p_nd.shape, h_q_ne.shape[1]
     v = w_p_dv.shape[1]
-    bn, bv = shrink_block(block_n, n), shrink_block(block_v, v)
     rows = [r[:, None] for r in (lse_p_n, lse_q_n, kl_n, g_n)]
     kw = dict(n=n, v=v, inv_t=1.0 / temperature)
     args = (h_p_nd, w_p_dv, h_q_ne, w_q_ev, *rows)
 
+    bn, bv, limit = _blocks("dh", h_p_nd, h_q_ne, v, block_n, block_v, device_kind)
     in_specs, row_spec = _specs(bn, bv, d, e, "nv")
     dh = pl.pallas_call(
         functools.partial(_dh_kernel, **kw),
@@ -172,11 +201,13 @@ def backward(
         out_specs=pl.BlockSpec((bn, d), lambda i, j: (i, 0)),
         out_shape=jax.ShapeDtypeStruct((n, d), h_p_nd.dtype),
         scratch_shapes=[pltpu.VMEM((bn, d), jnp.float32)],
-        compiler_params=compiler_params(interpret),
+        compiler_params=_tpu.compiler_params(interpret, limit),
+        cost_estimate=_cost(h_p_nd, h_q_ne, v, 2, 2, cdiv(n, bn)),
         interpret=interpret,
         name="kl_dh",
     )(*args)
 
+    bn, bv, limit = _blocks("dw", h_p_nd, h_q_ne, v, block_n, block_v, device_kind)
     in_specs, row_spec = _specs(bn, bv, d, e, "vn")
     dw = pl.pallas_call(
         functools.partial(_dw_kernel, **kw),
@@ -185,7 +216,8 @@ def backward(
         out_specs=pl.BlockSpec((d, bv), lambda j, i: (0, j)),
         out_shape=jax.ShapeDtypeStruct((d, v), w_p_dv.dtype),
         scratch_shapes=[pltpu.VMEM((d, bv), jnp.float32)],
-        compiler_params=compiler_params(interpret),
+        compiler_params=_tpu.compiler_params(interpret, limit),
+        cost_estimate=_cost(h_p_nd, h_q_ne, v, 2, cdiv(v, bv), 2),
         interpret=interpret,
         name="kl_dw",
     )(*args)

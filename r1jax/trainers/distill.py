@@ -82,9 +82,9 @@ def forward_kl(h_s_btd, w_s_dv, h_t_bte, w_t_ev, *, temperature: float):
     return jnp.sum(jnp.exp(logp_t) * (logp_t - logp_s), axis=-1)
 
 
-def token_kl(h_s, w_s, h_t, w_t, *, direction: str, temperature: float, implementation: str):
+def token_kl(h_s, w_s, h_t, w_t, *, direction: str, temperature: float, implementation: str, mesh=None):
     if direction == "reverse":
-        return kernels.kl(h_s, w_s, h_t, w_t, temperature=temperature, implementation=implementation)
+        return kernels.kl(h_s, w_s, h_t, w_t, temperature=temperature, implementation=implementation, mesh=mesh)
     return forward_kl(h_s, w_s, h_t, w_t, temperature=temperature)
 
 
@@ -95,15 +95,17 @@ def _hidden(model, batch):
 
 
 def distill_loss(
-    params, teacher_params, batch, *, graphdef, teacher_graphdef, kl_weight, direction, temperature, implementation
+    params, teacher_params, batch, *, graphdef, teacher_graphdef, kl_weight, direction, temperature, implementation,
+    mesh=None,
 ):
-    """(loss, metrics) on packed rows; see the module docstring. `teacher_params` is unused when kl_weight = 0."""
+    """(loss, metrics) on packed rows; see the module docstring. `teacher_params` is unused when kl_weight = 0.
+    `mesh`: the step's mesh, which the kernels' implementation follows (Pallas kernels run in shard_map over it)."""
     student = train_state.merge(graphdef, params)
     h_s = _hidden(student, batch)
     w_s = student.lm_head_weight()
     mask = batch["loss_mask_bt"].astype(jnp.float32)
     denom = jnp.maximum(mask.sum(), 1.0)
-    logp_bt = kernels.grouped_logprob(h_s, w_s, batch["targets_bt"], implementation=implementation)
+    logp_bt = kernels.grouped_logprob(h_s, w_s, batch["targets_bt"], implementation=implementation, mesh=mesh)
     nll = -(logp_bt * mask).sum() / denom
     if kl_weight == 0:
         return nll, {"distill/nll": nll}
@@ -117,6 +119,7 @@ def distill_loss(
         direction=direction,
         temperature=temperature,
         implementation=implementation,
+        mesh=mesh,
     )
     kl = (kl_bt * mask).sum() / denom
     return (1 - kl_weight) * nll + kl_weight * kl, {"distill/nll": nll, "distill/kl": kl}
@@ -202,6 +205,7 @@ def train(config, workdir: str) -> dict:
             direction=c.distill.kl_direction,
             temperature=float(c.distill.temperature),
             implementation=c.kernels.implementation,
+            mesh=mesh,
         ),
         in_shardings=(state_shardings, teacher_sh, batch_sh),
         out_shardings=(state_shardings, None),

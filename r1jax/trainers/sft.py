@@ -137,22 +137,24 @@ def epoch_steps(records, num_epochs: int, data_kw: dict) -> int:
     return steps
 
 
-def sft_loss(params, batch, *, graphdef, implementation):
-    """Mean negative log-likelihood of the response tokens of packed rows."""
+def sft_loss(params, batch, *, graphdef, implementation, mesh=None):
+    """Mean negative log-likelihood of the response tokens of packed rows (`mesh`: the step's, for the kernel)."""
     model = train_state.merge(graphdef, params)
     seg_bt = batch["segment_ids_bt"]
     hidden, _ = model(
         batch["tokens_bt"], mask_bt=seg_bt > 0, positions_bt=batch["positions_bt"], segment_ids_bt=seg_bt
     )
     logp_bt = kernels.grouped_logprob(
-        hidden, model.lm_head_weight(), batch["targets_bt"], implementation=implementation
+        hidden, model.lm_head_weight(), batch["targets_bt"], implementation=implementation, mesh=mesh
     )
     mask = batch["loss_mask_bt"].astype(jnp.float32)
     return -(logp_bt * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
 
-def train_step(state, batch, *, graphdef, optimizer, implementation):
-    loss, grads = jax.value_and_grad(sft_loss)(state.params, batch, graphdef=graphdef, implementation=implementation)
+def train_step(state, batch, *, graphdef, optimizer, implementation, mesh=None):
+    loss, grads = jax.value_and_grad(sft_loss)(
+        state.params, batch, graphdef=graphdef, implementation=implementation, mesh=mesh
+    )
     state, m = train_state.apply_gradients(state, grads, loss, optimizer)
     return state, {"sft/loss": loss, **m}
 
@@ -195,7 +197,9 @@ def train(config, workdir: str) -> dict:
 
     batch_sh = sharding.batch_sharding(mesh, 2)
     step_fn = jax.jit(
-        functools.partial(train_step, graphdef=graphdef, optimizer=optimizer, implementation=c.kernels.implementation),
+        functools.partial(
+            train_step, graphdef=graphdef, optimizer=optimizer, implementation=c.kernels.implementation, mesh=mesh
+        ),
         in_shardings=(state_shardings, batch_sh), out_shardings=(state_shardings, None), donate_argnums=0,
     )
     with loop:

@@ -142,6 +142,36 @@ def test_auto_on_cpu_is_chunked_and_matches_oracle():
     )
 
 
+def test_the_target_platform_decides_not_the_host():
+    """A TPU or GPU target gets its compiled kernels from any host; a CPU mesh keeps the CPU path."""
+    assert _common.resolve_implementation("auto", "tpu") == "pallas_tpu"
+    assert _common.resolve_implementation("auto", "gpu") == "pallas_gpu"
+    assert not _common.interpret_default("pallas_tpu", "tpu") and not _common.interpret_default("pallas_gpu", "gpu")
+    cpu_mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
+    assert _common.target_platform(cpu_mesh) == "cpu"
+    assert _common.resolve_implementation("auto", _common.target_platform(cpu_mesh)) == "chunked"
+
+
+@pytest.mark.parametrize("d, dtype", [(896, jnp.bfloat16), (3584, jnp.bfloat16), (5120, jnp.float32)])
+def test_tpu_blocks_shrink_with_the_chip_vmem(d, dtype):
+    """The block rule: v4 (16 MiB) gets smaller tiles than v5e (64 MiB asked) at the large heads, never larger
+    ones; the 0.5B bf16 head keeps the preferred (256, 512) on v5e. (That the tiles fit is the compile matrix's
+    job: tests/test_tpu_compile.py.)"""
+    from r1jax.kernels import _tpu
+    from r1jax.kernels.grouped_logprob import pallas_tpu
+
+    h, w = jax.ShapeDtypeStruct((16384, d), dtype), jax.ShapeDtypeStruct((d, 151936), dtype)
+    for part in ("fwd", "dh", "dw"):
+        small = pallas_tpu._blocks(part, h, w, None, None, "TPU v4")
+        large = pallas_tpu._blocks(part, h, w, None, None, "TPU v5 lite")
+        assert small[2] == 16 * _tpu.MIB and large[2] == 64 * _tpu.MIB
+        assert small[0] * small[1] <= large[0] * large[1]
+        if d == 896:
+            assert large[:2] == (256, 512)
+        else:
+            assert small[0] * small[1] < large[0] * large[1]
+
+
 def test_chunked_never_holds_the_logits():
     """Compiled fwd+bwd temp memory stays far below one (N, V) f32 array (the oracle needs several)."""
     n, d, v = 1024, 64, 16384
