@@ -15,6 +15,16 @@ TRL implements and what `loss_type='grpo'` (with the default `importance_samplin
     L      = -1/G sum_i 1/|o_i| sum_t [ min(rho_it A_i, clip(rho_it, 1-eps_low, 1+eps_high) A_i) - beta KL_it ]
     KL_it  = pi_ref/pi_theta - log(pi_ref/pi_theta) - 1                        (k3 estimator, per token)
 
+The setting closest to R1's eq. 1 is `importance_sampling_level='sequence'` with `loss_type='grpo'`: one ratio per
+sequence, applied to all its tokens, and a 1/G mean over sequences. It is not identical: the ratio is GSPO's length-
+normalised exp(mean_t log rho_it) = s_i^(1/|o_i|) (R1 writes s_i itself), and the KL term stays the per-token k3 mean
+(R1 writes a k3 of sequence probabilities). The R1 stage presets (experiments/r1_zero.py, reasoning_rl.py,
+general_rl.py) use `loss_type='dapo'`, `importance_sampling_level='token'`, mu = 1: with mu = 1 every ratio is 1 in
+value and both levels give the same loss and gradient (kl_bias_correction off, as there), and token-level aggregation
+keeps long completions from getting an |o_i|-times smaller update per token (the reason given in
+experiments/r1_zero.py; 'grpo' is one override away). The recipes follow their papers: r1_zero_gsm8k.py 'grpo'
+(SimpleRL-Zoo), dr_grpo_math.py 'dr_grpo'.
+
 Everything here is matched to TRL's `GRPOTrainer` (trl 1.16.0; the parity goldens in tests/goldens/trl_grpo_goldens.npz
 are produced by TRL's own code, see tests/goldens/make_trl_goldens.py).
 
