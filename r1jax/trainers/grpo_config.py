@@ -196,6 +196,25 @@ def validate_rl(c) -> None:
         raise ValueError(f"rl.scale_rewards={rl.scale_rewards!r}: expected one of {grpo.SCALE_REWARDS}")
 
 
+def validate_data(c) -> None:
+    """The `data` and `rewards` fields' checks: the task or files exist, their format, the general prompts' rewards."""
+    if not c.data.train_files:
+        rewards_lib.get_task(c.data.task)  # raises naming the task when unknown
+    for f in tuple(c.data.train_files) + tuple(c.data.eval_files):
+        if not os.path.exists(f):
+            raise ValueError(f"data.train_files/eval_files: no such file {f!r}")
+    formats.check_format(c.data.format)
+    if c.data.levels and c.data.format != "math":
+        raise ValueError(f"data.levels={tuple(c.data.levels)}: only format 'math' has levels, not {c.data.format!r}")
+    for name in c.rewards.general_weights:
+        if name not in GENERAL_REWARDS:
+            raise ValueError(f"rewards.general_weights.{name}: expected names in {GENERAL_REWARDS}")
+    if c.rewards.general_weights and not c.rewards.reward_model:
+        raise ValueError("rewards.reward_model='': rewards.general_weights needs a reward model export directory")
+    if c.data.num_general and not c.rewards.general_weights:
+        raise ValueError(f"data.num_general={c.data.num_general}: general prompts need rewards.general_weights")
+
+
 def validate(c, num_devices: int | None = None) -> None:
     """Every check that can fail before compiling; errors name the field and value."""
     rl, s = c.rl, c.sampling
@@ -255,21 +274,7 @@ def validate(c, num_devices: int | None = None) -> None:
         raise ValueError(f"batch P·G={batch}: not divisible by the data-parallel size {dp}")
     if s.scheduler == "continuous" and min(s.num_slots or batch, batch) % dp:
         raise ValueError(f"sampling.num_slots={s.num_slots}: not divisible by the data-parallel size {dp}")
-    if not c.data.train_files:
-        rewards_lib.get_task(c.data.task)  # raises naming the task when unknown
-    for f in tuple(c.data.train_files) + tuple(c.data.eval_files):
-        if not os.path.exists(f):
-            raise ValueError(f"data.train_files/eval_files: no such file {f!r}")
-    formats.check_format(c.data.format)
-    if c.data.levels and c.data.format != "math":
-        raise ValueError(f"data.levels={tuple(c.data.levels)}: only format 'math' has levels, not {c.data.format!r}")
-    for name in c.rewards.general_weights:
-        if name not in GENERAL_REWARDS:
-            raise ValueError(f"rewards.general_weights.{name}: expected names in {GENERAL_REWARDS}")
-    if c.rewards.general_weights and not c.rewards.reward_model:
-        raise ValueError("rewards.reward_model='': rewards.general_weights needs a reward model export directory")
-    if c.data.num_general and not c.rewards.general_weights:
-        raise ValueError(f"data.num_general={c.data.num_general}: general prompts need rewards.general_weights")
+    validate_data(c)
     if not c.model.checkpoint and not c.tokenizer.path:
         raise ValueError(
             "model.checkpoint='': GRPO starts from a base model; pass --config.model.checkpoint=PATH (a stage-0 "
