@@ -1,5 +1,7 @@
-"""GRPO as pure functions: group advantages, policy losses, k3 KL, aggregation modes, importance corrections for
-rollouts that came from another policy than the trainer's, and per-step health metrics.
+"""GRPO as pure functions: group advantages, the k3 KL, aggregation of per-token losses, importance corrections for
+rollouts that came from another policy than the trainer's, and per-step health metrics. The policy loss that puts them
+together, with its surrogates (clipped, CISPO, SAPO, VESPO, ...) as a registry under one frozen loss config, is
+r1jax/losses.py.
 
 Papers. DeepSeek-R1 (arXiv 2501.12948) eq. 1 writes GRPO with one ratio per *sequence* and a 1/G sum over the group:
 
@@ -7,7 +9,7 @@ Papers. DeepSeek-R1 (arXiv 2501.12948) eq. 1 writes GRPO with one ratio per *seq
     s_i = pi_theta(o_i | q) / pi_old(o_i | q),   A_i = (r_i - mean(r)) / std(r)                          (R1 eq. 3)
 
 The per-token form with a per-sequence token mean is DeepSeekMath's GRPO (arXiv 2402.03300 eq. 3), which is what
-TRL implements and what `loss_type='grpo'` (with the default `importance_sampling_level='token'`) computes here:
+TRL implements and what `loss_type='grpo'` (with the default `importance_sampling_level='token'`) computes:
 
     rho_it = pi_theta(o_it | q, o_i<t) / pi_old(o_it | q, o_i<t)
     L      = -1/G sum_i 1/|o_i| sum_t [ min(rho_it A_i, clip(rho_it, 1-eps_low, 1+eps_high) A_i) - beta KL_it ]
@@ -23,36 +25,26 @@ keeps long completions from getting an |o_i|-times smaller update per token (the
 experiments/r1_zero.py; 'grpo' is one override away). The recipes follow their papers: r1_zero_gsm8k.py 'grpo'
 (SimpleRL-Zoo), dr_grpo_math.py 'dr_grpo'.
 
-Variants selected by name, each matched to TRL's `GRPOTrainer` (trl 1.16.0; the parity goldens in
-tests/goldens/trl_grpo_goldens.npz are produced by TRL's own code, see tests/goldens/make_trl_goldens.py):
+Everything here is matched to TRL's `GRPOTrainer` (trl 1.16.0; the parity goldens in tests/goldens/trl_grpo_goldens.npz
+are produced by TRL's own code, see tests/goldens/make_trl_goldens.py).
 
-- `scale_rewards`: 'group' (eq. 3), 'batch' (group mean, std over the whole batch) or 'none' (Dr. GRPO: centring only).
-  The std is the *unbiased* one (Bessel's correction, n-1), as TRL's `nanstd`.
-- `loss_type` (the surrogate and how per-token losses become a scalar):
-    'grpo'    clipped surrogate; per-sequence token mean, then mean over sequences (DeepSeekMath's 1/G sum_i 1/|o_i|).
-    'bnpo'    clipped surrogate; token mean over the (local) batch: sum(loss * mask) / sum(mask).
-    'dr_grpo' clipped surrogate; sum(loss * mask) / (B * max_completion_length): a constant normaliser, no length bias.
-    'dapo'    clipped surrogate; token mean over the whole generation batch. TRL divides by `num_items_in_batch`
-              (tokens of the generation batch on all processes) rescaled by processes / accumulation steps; for one
-              process and one step per generation that is sum(mask), so here 'dapo' equals 'bnpo' numerically. A
-              trainer that splits a generation batch into micro-batches passes the batch's token count to
-              `aggregate_loss` (`num_tokens=`) to get DAPO's global normaliser instead.
-    'cispo'   CISPO (MiniMax-M1, arXiv 2506.13585): -sg(min(rho, eps_max)) A log pi_theta, the ratio truncated and
-              detached instead of the update clipped, so clipped tokens still pass a gradient; aggregated as 'dapo'.
-              As in TRL, `epsilon_high` *is* eps_max, the cap on the ratio itself (ScaleRL, arXiv 2510.13786,
-              recommends 5.0), so it must be >= 1 here; `epsilon_low` is not used.
-    'sapo'    SAPO (arXiv 2511.20347): -(4 / tau) sigmoid(tau (rho - 1)) A, a smooth gate instead of the hard clip,
-              tau = `sapo_temperature_pos` (tau_pos) where A > 0 else `sapo_temperature_neg` (tau_neg); aggregated as
-              'grpo'. The epsilons are not used.
-- `epsilon_low` / `epsilon_high`: DAPO clip-higher.
-- `importance_sampling_level`: 'token' (rho per token) or 'sequence' (GSPO: one ratio per sequence, the geometric
-  mean exp(mean_t log rho_it) over its unmasked tokens, as TRL's importance_sampling_level='sequence').
-- `kl_bias_correction`: multiply the k3 term by the importance ratio rho (DeepSeek-V3.2's unbiased estimator, TRL's
-  `use_bias_correction_kl`; R1 itself used plain k3). As in TRL, rho is not detached inside this product.
+- `scale_rewards` (advantages): 'group' (eq. 3), 'batch' (group mean, std over the whole batch) or 'none' (Dr. GRPO:
+  centring only). The std is the *unbiased* one (Bessel's correction, n-1), as TRL's `nanstd`.
+- Aggregations (`aggregate_loss`; each loss type names one, r1jax/losses.py):
+    'grpo'    per-sequence token mean, then mean over sequences (DeepSeekMath's 1/G sum_i 1/|o_i|).
+    'bnpo'    token mean over the (local) batch: sum(loss * mask) / sum(mask).
+    'dr_grpo' sum(loss * mask) / (B * max_completion_length): a constant normaliser, no length bias.
+    'dapo'    token mean over the whole generation batch. TRL divides by `num_items_in_batch` (tokens of the
+              generation batch on all processes) rescaled by processes / accumulation steps; for one process and one
+              step per generation that is sum(mask), so here 'dapo' equals 'bnpo' numerically. A trainer that splits
+              a generation batch into micro-batches passes the batch's token count (`num_tokens=`) to get DAPO's
+              global normaliser instead.
+    'luspo'   per-sequence token *sum*, then mean over sequences (LUSPO, arXiv 2602.05261: each sequence's loss
+              scaled by its length, which undoes GSPO's length normalisation).
 
 Rollout-policy corrections (the sampler's log-probs `sampler_logps_bt`, i.e. `Rollout.logps_bt`, differ from the
 trainer's pi_old when rollouts are stale, sampled in lower precision, or through other kernels). TRL applies them to
-vLLM rollouts; the option names map one to one, with `sampler_` in place of `vllm_`:
+vLLM rollouts; the option names (fields of losses.LossConfig) map one to one, with `sampler_` in place of `vllm_`:
 
     r1jax                         TRL                                   paper symbol
     sampler_is_correction         vllm_importance_sampling_correction   (on / off; default True, as TRL)
@@ -61,7 +53,6 @@ vLLM rollouts; the option names map one to one, with `sampler_` in place of `vll
     sampler_is_clip_max           vllm_importance_sampling_clip_max     C_max (default 3.0; TRL's deprecated `_cap`)
     off_policy_mask_threshold     off_policy_mask_threshold             delta of DeepSeek-V3.2 eq. 9 (None: off)
     top_entropy_quantile          top_entropy_quantile                  rho of "Beyond the 80/20 rule" (1.0: off)
-    sapo_temperature_pos / _neg   sapo_temperature_pos / _neg           tau_pos / tau_neg (1.0 / 1.05)
 
   The weight w = pi_old / pi_sampler (pi_old: the trainer's log-probs of the batch before this update, `old_logps_bt`,
   or the current ones detached when that is None) is a constant that multiplies the policy term of every token
@@ -80,32 +71,23 @@ vLLM rollouts; the option names map one to one, with `sampler_` in place of `vll
   log-prob kernel, `entropy_bt`) is at least the (1 - rho) quantile (linear interpolation, as torch.quantile) of the
   batch's unmasked token entropies; rho = 0 keeps the top token(s) only.
 
-Health metrics (`health_metrics`, also returned by `policy_loss`): the sampler-trainer log-prob mismatch (mean and
-max |log pi_old - log pi_sampler|, and the k1 and k3 estimates of KL(pi_sampler || pi_old) from the sampled tokens),
-the importance weights after correction (mean, min, max over tokens, or over sequences in sequence modes, as TRL's
+Health metrics (`losses.health_metrics` puts them together): the sampler-trainer log-prob mismatch (mean and max
+|log pi_old - log pi_sampler|, and the k1 and k3 estimates of KL(pi_sampler || pi_old) from the sampled tokens), the
+importance weights after correction (mean, min, max over tokens, or over sequences in sequence modes, as TRL's
 `sampling/importance_sampling_ratio/*`) with the fraction truncated or masked, the fraction of sequences the
 off-policy mask drops, and the share of tokens trained under entropy selection.
 
-Simplifications relative to TRL: no `delta` clamp (INTELLECT-2), no vespo / luspo losses, no entropy bonus.
 Gradient-accumulation division is the trainer's job.
-
-Numeric hyperparameters (beta, epsilons, bounds, thresholds, max_completion_length) must be Python numbers (or None
-where documented): they are validated eagerly and decide the structure of the computation, so bind them with
-`functools.partial` before `jax.jit`. `check_loss_options` is the one set of bounds: the trainer's config validation
-calls it with prefix 'rl.' so its errors name the config field.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import jax
 import jax.numpy as jnp
 
 SCALE_REWARDS = ("group", "batch", "none")
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo")
-CLIPPED_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")  # PPO's clipped surrogate; they differ in aggregation only
 SAMPLER_IS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 
@@ -203,120 +185,63 @@ def masked_mean(x, mask, axis=None):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Policy loss
+# KL and aggregation
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def aggregate_loss(per_token_loss_bt, mask_bt, loss_type="grpo", *, max_completion_length=None, num_tokens=None):
-    """Reduce per-token losses to a scalar by `loss_type` (see the module docstring; 'cispo' aggregates as 'dapo',
-    'sapo' as 'grpo', as TRL).
+def k3_kl(ref_logps_bt, logps_bt, on_bt):
+    """Per-token k3 estimate of KL(pi_theta || pi_ref), pi_ref/pi_theta - log(pi_ref/pi_theta) - 1 (B, T): >= 0,
+    exactly 0 on padding (where the log-probs may hold anything)."""
+    ref_minus_bt = jnp.where(on_bt, ref_logps_bt - logps_bt, 0)
+    return jnp.exp(ref_minus_bt) - ref_minus_bt - 1
 
-    num_tokens: only for 'dapo' / 'cispo', the unmasked-token count of the whole generation batch when this call sees a
-      micro-batch of it; None means this batch is the whole generation batch (one process, one step: TRL's value).
-    """
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type={loss_type!r}: expected one of {LOSS_TYPES}")
-    loss_type = {"cispo": "dapo", "sapo": "grpo"}.get(loss_type, loss_type)
-    mask_bt = mask_bt.astype(per_token_loss_bt.dtype)
-    masked_bt = jnp.where(mask_bt > 0, per_token_loss_bt * mask_bt, 0)
-    if loss_type == "grpo":
-        return jnp.mean(masked_bt.sum(-1) / jnp.maximum(mask_bt.sum(-1), 1))
-    if loss_type == "bnpo":
-        return masked_bt.sum() / jnp.maximum(mask_bt.sum(), 1)
-    if loss_type == "dr_grpo":
-        if max_completion_length is None or max_completion_length <= 0:
-            raise ValueError(f"max_completion_length={max_completion_length}: loss_type='dr_grpo' needs a positive int")
-        return masked_bt.sum() / (mask_bt.shape[0] * max_completion_length)
-    n = mask_bt.sum() if num_tokens is None else jnp.asarray(num_tokens, per_token_loss_bt.dtype)
+
+def _sequence_mean(masked_bt, mask_bt, **_):
+    return jnp.mean(masked_bt.sum(-1) / jnp.maximum(mask_bt.sum(-1), 1))
+
+
+def _batch_token_mean(masked_bt, mask_bt, **_):
+    return masked_bt.sum() / jnp.maximum(mask_bt.sum(), 1)
+
+
+def _constant_normaliser(masked_bt, mask_bt, *, max_completion_length, **_):
+    if max_completion_length is None or max_completion_length <= 0:
+        raise ValueError(f"max_completion_length={max_completion_length}: loss_type='dr_grpo' needs a positive int")
+    return masked_bt.sum() / (mask_bt.shape[0] * max_completion_length)
+
+
+def _generation_token_mean(masked_bt, mask_bt, *, num_tokens, **_):
+    n = mask_bt.sum() if num_tokens is None else jnp.asarray(num_tokens, masked_bt.dtype)
     return masked_bt.sum() / jnp.maximum(n, 1)
 
 
-def loss_defaults() -> dict:
-    """`policy_loss`'s keyword defaults, the one place they are written (its signature)."""
-    params = inspect.signature(policy_loss).parameters.values()
-    return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+def _sequence_sum(masked_bt, mask_bt, **_):
+    return jnp.mean(masked_bt.sum(-1))
 
 
-def check_loss_options(*, prefix="", **options):
-    """The one set of bounds on the loss options, shared by `policy_loss` and the trainers' config validation (which
-    passes prefix='rl.', so an error names the config field: 'rl.epsilon_high=1.5: ...'). Other keywords are ignored.
+# name -> reduce(masked per-token loss (B, T), mask (B, T), max_completion_length=, num_tokens=) -> scalar
+AGGREGATIONS = {
+    "grpo": _sequence_mean,
+    "bnpo": _batch_token_mean,
+    "dr_grpo": _constant_normaliser,
+    "dapo": _generation_token_mean,
+    "luspo": _sequence_sum,
+}
 
-    None and the no-op number mean the same for the optional bounds: sampler_is_clip_min None or 0, sampler_is_clip_max
-    None or inf, off_policy_mask_threshold None or inf (configs hold numbers, so they use 0 / inf). A missing option
-    takes `policy_loss`'s default.
+
+def aggregate_loss(per_token_loss_bt, mask_bt, aggregation="grpo", *, max_completion_length=None, num_tokens=None):
+    """Reduce per-token losses to a scalar by `aggregation`, one of AGGREGATIONS (see the module docstring).
+
+    num_tokens: only for 'dapo', the unmasked-token count of the whole generation batch when this call sees a
+      micro-batch of it; None means this batch is the whole generation batch (one process, one step: TRL's value).
     """
-    o = {**loss_defaults(), **options}
-    loss_type, importance_sampling_level, beta = o["loss_type"], o["importance_sampling_level"], o["beta"]
-    epsilon_low, epsilon_high, sampler_is_mode = o["epsilon_low"], o["epsilon_high"], o["sampler_is_mode"]
-    off_policy_mask_threshold, top_entropy_quantile = o["off_policy_mask_threshold"], o["top_entropy_quantile"]
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"{prefix}loss_type={loss_type!r}: expected one of {LOSS_TYPES}")
-    if importance_sampling_level not in IMPORTANCE_SAMPLING_LEVELS:
-        raise ValueError(
-            f"{prefix}importance_sampling_level={importance_sampling_level!r}: expected one of "
-            f"{IMPORTANCE_SAMPLING_LEVELS}"
-        )
-    # 1 - epsilon_low is the lower ratio bound and must stay positive; 1 + epsilon_high < 2 keeps the trust region a
-    # region (DAPO's clip-higher is 0.28).
-    if not 0 < epsilon_low < 1:
-        raise ValueError(f"{prefix}epsilon_low={epsilon_low}: must be in (0, 1)")
-    if loss_type == "cispo":
-        if not 1 <= epsilon_high < math.inf:
-            raise ValueError(
-                f"{prefix}epsilon_high={epsilon_high}: with loss_type='cispo' it is eps_max, the cap on the ratio "
-                "itself (ScaleRL: 5.0); must be >= 1 and finite (below 1 it truncates every on-policy token)"
-            )
-    elif not 0 < epsilon_high < 1:
-        raise ValueError(f"{prefix}epsilon_high={epsilon_high}: must be in (0, 1)")
-    if not 0 <= beta < math.inf:
-        raise ValueError(f"{prefix}beta={beta}: the KL coefficient must be >= 0 and finite")
-    if sampler_is_mode not in SAMPLER_IS_MODES:
-        raise ValueError(f"{prefix}sampler_is_mode={sampler_is_mode!r}: expected one of {SAMPLER_IS_MODES}")
-    lo, hi = o["sampler_is_clip_min"], o["sampler_is_clip_max"]
-    if lo is not None and not 0 <= lo < math.inf:
-        raise ValueError(f"{prefix}sampler_is_clip_min={lo}: C_min must be >= 0 and finite (or None)")
-    if hi is not None and not hi > 0:
-        raise ValueError(f"{prefix}sampler_is_clip_max={hi}: C_max must be > 0 (inf or None: no upper bound)")
-    if lo is not None and hi is not None and lo >= hi:
-        raise ValueError(f"{prefix}sampler_is_clip_min={lo} >= sampler_is_clip_max={hi}: need C_min < C_max")
-    no_bound = (lo is None or lo == 0) and (hi is None or hi == math.inf)
-    if o["sampler_is_correction"] and sampler_is_mode.endswith("_truncate") and no_bound:
-        raise ValueError(
-            f"{prefix}sampler_is_clip_min={lo}, {prefix}sampler_is_clip_max={hi}: sampler_is_mode="
-            f"{sampler_is_mode!r} needs at least one bound (C_min > 0 or a finite C_max)"
-        )
-    if off_policy_mask_threshold is not None and not off_policy_mask_threshold >= 0:
-        raise ValueError(f"{prefix}off_policy_mask_threshold={off_policy_mask_threshold}: delta must be >= 0 (or None)")
-    if not 0 <= top_entropy_quantile <= 1:
-        raise ValueError(f"{prefix}top_entropy_quantile={top_entropy_quantile}: rho must be in [0, 1]")
-    for name in ("sapo_temperature_pos", "sapo_temperature_neg"):
-        if not 0 < (tau := o[name]) < math.inf:
-            raise ValueError(f"{prefix}{name}={tau}: the temperature must be > 0 and finite")
-
-
-def _check_policy_args(logps_bt, old_logps_bt, ref_logps_bt, advantages_b, mask_bt, sampler_logps_bt, entropy_bt, **kw):
-    check_loss_options(**kw)
-    mcl = kw["max_completion_length"]
-    if kw["loss_type"] == "dr_grpo" and (mcl is None or int(mcl) != mcl or mcl <= 0):
-        raise ValueError(f"max_completion_length={mcl}: loss_type='dr_grpo' needs a positive int")
-    if logps_bt.ndim != 2:
-        raise ValueError(f"logps_bt.shape={tuple(logps_bt.shape)}: expected (B, T)")
-    shape = tuple(logps_bt.shape)
-    for name, x in (
-        ("old_logps_bt", old_logps_bt),
-        ("ref_logps_bt", ref_logps_bt),
-        ("mask_bt", mask_bt),
-        ("sampler_logps_bt", sampler_logps_bt),
-        ("entropy_bt", entropy_bt),
-    ):
-        if x is not None and tuple(x.shape) != shape:
-            raise ValueError(f"{name}.shape={tuple(x.shape)} must equal logps_bt.shape={shape}")
-    if tuple(advantages_b.shape) != shape[:1]:
-        raise ValueError(f"advantages_b.shape={tuple(advantages_b.shape)}: expected ({shape[0]},), one per sequence")
-    if kw["beta"] > 0 and ref_logps_bt is None:
-        raise ValueError(f"beta={kw['beta']} > 0 needs ref_logps_bt (got None)")
-    if kw["top_entropy_quantile"] < 1 and entropy_bt is None:
-        raise ValueError(f"top_entropy_quantile={kw['top_entropy_quantile']} < 1 needs entropy_bt (got None)")
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation={aggregation!r}: expected one of {tuple(AGGREGATIONS)}")
+    mask_bt = mask_bt.astype(per_token_loss_bt.dtype)
+    masked_bt = jnp.where(mask_bt > 0, per_token_loss_bt * mask_bt, 0)
+    return AGGREGATIONS[aggregation](
+        masked_bt, mask_bt, max_completion_length=max_completion_length, num_tokens=num_tokens
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -434,204 +359,3 @@ def selection_metrics(mask_bt, *, off_policy_mask_b1=None, entropy_mask_bt=None)
     return out
 
 
-def health_metrics(
-    trainer_logps_bt,
-    sampler_logps_bt,
-    mask_bt,
-    *,
-    advantages_b=None,
-    entropy_bt=None,
-    logps_bt=None,
-    sampler_is_correction=True,
-    sampler_is_mode="sequence_mask",
-    sampler_is_clip_min=None,
-    sampler_is_clip_max=3.0,
-    off_policy_mask_threshold=None,
-    top_entropy_quantile=1.0,
-    **_,
-):
-    """All health metrics of one step as a flat dict, from the trainer's pi_old log-probs, the sampler's (None: the
-    mismatch and weight metrics are left out) and the loss options (other keywords are ignored, so the loss kwargs
-    can be passed as they are). `logps_bt` is pi_theta for the off-policy mask (default: pi_old, the first of mu
-    updates); the off-policy mask needs `advantages_b`, entropy selection `entropy_bt`. Equal to the entries
-    `policy_loss` adds to its metrics."""
-    out = {}
-    if sampler_logps_bt is not None:
-        out.update(logp_mismatch_metrics(trainer_logps_bt, sampler_logps_bt, mask_bt))
-        if sampler_is_correction:
-            w, ratio = sampler_importance_weights(
-                trainer_logps_bt,
-                sampler_logps_bt,
-                mask_bt,
-                mode=sampler_is_mode,
-                clip_min=sampler_is_clip_min,
-                clip_max=sampler_is_clip_max,
-            )
-            out.update(importance_weight_metrics(w, ratio, mask_bt, mode=sampler_is_mode))
-    opsm = ent = None
-    if off_policy_mask_threshold is not None and off_policy_mask_threshold < math.inf and advantages_b is not None:
-        behaviour = trainer_logps_bt if sampler_logps_bt is None else sampler_logps_bt
-        current = trainer_logps_bt if logps_bt is None else logps_bt
-        opsm = off_policy_sequence_mask(advantages_b, current, behaviour, mask_bt, off_policy_mask_threshold)
-    if top_entropy_quantile < 1 and entropy_bt is not None:
-        ent = high_entropy_mask(entropy_bt, mask_bt, top_entropy_quantile)
-    out.update(selection_metrics(mask_bt, off_policy_mask_b1=opsm, entropy_mask_bt=ent))
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The loss
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def policy_loss(
-    logps_bt,
-    old_logps_bt,
-    ref_logps_bt,
-    advantages_b,
-    mask_bt,
-    *,
-    loss_type="grpo",
-    epsilon_low=0.2,
-    epsilon_high=0.2,
-    beta=0.0,
-    max_completion_length=None,
-    kl_bias_correction=False,
-    importance_sampling_level="token",
-    sampler_logps_bt=None,
-    entropy_bt=None,
-    sampler_is_correction=True,
-    sampler_is_mode="sequence_mask",
-    sampler_is_clip_min=None,
-    sampler_is_clip_max=3.0,
-    off_policy_mask_threshold=None,
-    top_entropy_quantile=1.0,
-    sapo_temperature_pos=1.0,
-    sapo_temperature_neg=1.05,
-):
-    """GRPO-family policy loss (to minimise) plus beta * k3 KL, aggregated by `loss_type` (module docstring).
-
-    logps_bt: log pi_theta of the sampled tokens (B, T), the argument differentiated.
-    old_logps_bt: log pi_old (B, T), or None for the on-policy case (mu = 1): then pi_old = stop_gradient(pi_theta),
-      rho = 1 with gradient A * grad log pi_theta, as TRL.
-    ref_logps_bt: log pi_ref (B, T); never read when beta == 0 (may be None).
-    advantages_b: (B,) one advantage per completion (`group_advantages(...).reshape(-1)`).
-    mask_bt: (B, T) bool or 0/1, True on completion tokens that count.
-    sampler_logps_bt: (B, T) log-probs recorded by the sampler (`Rollout.logps_bt`), or None. Given, they feed the
-      importance correction (when sampler_is_correction), the off-policy mask and the mismatch metrics.
-    entropy_bt: (B, T) per-token entropy of pi_theta (the log-prob kernel's `return_entropy=True`); needed when
-      top_entropy_quantile < 1.
-    The policy term of each token is multiplied by the off-policy mask, the entropy mask and the importance weight
-    (in TRL's order); the KL term by none of them.
-    Returns (loss, metrics) with metrics: 'ratio_mean', 'pg_loss' (the loss without the KL term), 'tokens'
-    (unmasked tokens); for the clipped losses 'clip_ratio/low_mean' (rho < 1-eps_low and A < 0),
-    'clip_ratio/high_mean' (rho > 1+eps_high and A > 0), 'clip_ratio/region_mean' (either); for 'cispo'
-    'cispo_clip_ratio' (rho > eps_max and A > 0); when beta > 0, 'kl' (masked token mean of the k3 term as it enters
-    the loss, i.e. times rho under kl_bias_correction); and the entries of `health_metrics`. At token level the
-    fractions are masked token means; at sequence level they are means over all B sequences (TRL's convention; fully
-    masked rows count, with rho = 1).
-    """
-    opts = dict(
-        loss_type=loss_type,
-        epsilon_low=epsilon_low,
-        epsilon_high=epsilon_high,
-        beta=beta,
-        max_completion_length=max_completion_length,
-        importance_sampling_level=importance_sampling_level,
-        sampler_is_correction=sampler_is_correction,
-        sampler_is_mode=sampler_is_mode,
-        sampler_is_clip_min=sampler_is_clip_min,
-        sampler_is_clip_max=sampler_is_clip_max,
-        off_policy_mask_threshold=off_policy_mask_threshold,
-        top_entropy_quantile=top_entropy_quantile,
-        sapo_temperature_pos=sapo_temperature_pos,
-        sapo_temperature_neg=sapo_temperature_neg,
-    )
-    _check_policy_args(
-        logps_bt, old_logps_bt, ref_logps_bt, advantages_b, mask_bt, sampler_logps_bt, entropy_bt, **opts
-    )
-    dtype = logps_bt.dtype
-    m_bt = jnp.asarray(mask_bt).astype(dtype)
-    on_bt = m_bt > 0
-    if old_logps_bt is None:
-        old_logps_bt = jax.lax.stop_gradient(logps_bt)
-    # Padding may hold anything (even -inf); zero the log-ratio there so exp never sees it and gradients stay 0.
-    log_ratio_bt = jnp.where(on_bt, logps_bt - old_logps_bt, 0)
-    if importance_sampling_level == "token":
-        log_w = log_ratio_bt  # (B, T)
-    else:
-        log_w = (log_ratio_bt * m_bt).sum(-1, keepdims=True) / jnp.maximum(m_bt.sum(-1, keepdims=True), 1)  # (B, 1)
-    ratio = jnp.exp(log_w)
-    adv = advantages_b.astype(dtype)[:, None]  # (B, 1)
-
-    metrics = {}
-    if loss_type in CLIPPED_LOSS_TYPES:
-        clipped = jnp.clip(ratio, 1 - epsilon_low, 1 + epsilon_high)
-        pg_loss = -jnp.minimum(ratio * adv, clipped * adv)  # (B, T) or (B, 1)
-    elif loss_type == "cispo":
-        # The truncated ratio is a detached weight on the REINFORCE term A * log pi_theta (MiniMax-M1 eq. 4).
-        weight = jax.lax.stop_gradient(jnp.minimum(ratio, epsilon_high))
-        pg_loss = -weight * adv * jnp.where(on_bt, logps_bt, 0)
-    else:  # sapo: f(rho) = 4/tau sigmoid(tau (rho - 1)) has f(1) = 2/tau and slope 1 at rho = 1, like rho itself
-        # TRL builds tau with torch.where on Python floats, i.e. in float32; rounding the same way keeps f64 parity.
-        tau = jnp.where(adv > 0, jnp.float32(sapo_temperature_pos), jnp.float32(sapo_temperature_neg)).astype(dtype)
-        pg_loss = -jax.nn.sigmoid(tau * (ratio - 1)) * 4 / tau * adv
-    pg_loss_bt = jnp.broadcast_to(pg_loss, logps_bt.shape)
-
-    # Rollout-policy corrections: constants multiplying the policy term, in TRL's order.
-    opsm_b1 = ent_bt = None
-    if off_policy_mask_threshold is not None and off_policy_mask_threshold < math.inf:  # inf: off, like None
-        behaviour_bt = old_logps_bt if sampler_logps_bt is None else sampler_logps_bt
-        opsm_b1 = off_policy_sequence_mask(advantages_b, logps_bt, behaviour_bt, m_bt, off_policy_mask_threshold)
-        pg_loss_bt = pg_loss_bt * opsm_b1
-    if top_entropy_quantile < 1:
-        ent_bt = high_entropy_mask(entropy_bt, m_bt, top_entropy_quantile)
-        pg_loss_bt = pg_loss_bt * ent_bt.astype(dtype)
-    if sampler_logps_bt is not None:
-        metrics.update(logp_mismatch_metrics(old_logps_bt, sampler_logps_bt, m_bt))
-        if sampler_is_correction:
-            is_w, is_ratio = sampler_importance_weights(
-                old_logps_bt,
-                sampler_logps_bt,
-                m_bt,
-                mode=sampler_is_mode,
-                clip_min=sampler_is_clip_min,
-                clip_max=sampler_is_clip_max,
-            )
-            pg_loss_bt = pg_loss_bt * is_w.astype(dtype)
-            metrics.update(importance_weight_metrics(is_w, is_ratio, m_bt, mode=sampler_is_mode))
-    metrics.update(selection_metrics(m_bt, off_policy_mask_b1=opsm_b1, entropy_mask_bt=ent_bt))
-
-    per_token_loss_bt = pg_loss_bt
-    if beta > 0:
-        ref_minus_bt = jnp.where(on_bt, ref_logps_bt - logps_bt, 0)
-        kl_bt = jnp.exp(ref_minus_bt) - ref_minus_bt - 1  # k3, >= 0, exactly 0 on padding
-        if kl_bias_correction:
-            kl_bt = kl_bt * ratio
-        per_token_loss_bt = per_token_loss_bt + beta * kl_bt
-        metrics["kl"] = masked_mean(kl_bt, m_bt)
-
-    agg = dict(loss_type=loss_type, max_completion_length=max_completion_length)
-    loss = aggregate_loss(per_token_loss_bt, m_bt, **agg)
-
-    ratio = jax.lax.stop_gradient(ratio)
-    if importance_sampling_level == "token":
-        frac = lambda x: masked_mean(x, m_bt)
-    else:
-        frac = jnp.mean
-    if loss_type in CLIPPED_LOSS_TYPES:
-        low = ((ratio < 1 - epsilon_low) & (adv < 0)).astype(dtype)
-        high = ((ratio > 1 + epsilon_high) & (adv > 0)).astype(dtype)
-        metrics["clip_ratio/low_mean"] = frac(low)
-        metrics["clip_ratio/high_mean"] = frac(high)
-        metrics["clip_ratio/region_mean"] = frac(jnp.maximum(low, high))
-    elif loss_type == "cispo":
-        metrics["cispo_clip_ratio"] = frac(((ratio > epsilon_high) & (adv > 0)).astype(dtype))
-    metrics.update(
-        {
-            "ratio_mean": frac(ratio),
-            "pg_loss": jax.lax.stop_gradient(aggregate_loss(pg_loss_bt, m_bt, **agg)),
-            "tokens": m_bt.sum(),
-        }
-    )
-    return loss, metrics

@@ -6,7 +6,7 @@
     select_groups / assemble_batch   rounds → the train batch: [prompt ; completion] rows, advantages, placed on
                                      the mesh (rewards gathered from every process first)
     make_grpo_step                   the jitted train step (explicit shardings, state donated), the log-prob
-                                     function and the batch shardings, from the config (`loss_kwargs`)
+                                     function and the batch shardings, from the config (the loss's: `loss_config`)
     sampler_placement                where the sampler reads the parameters: the trainer's arrays, a copy, a copy
                                      on devices of its own (rl.sampler_devices), in bf16 (rl.sampler_dtype)
     draw_pending / RolloutQueue      a step's sampled and scored rollouts, and those waiting ahead of the trainer
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from r1jax import distributed, grpo, sampling, sharding, train_state
+from r1jax import distributed, grpo, losses, sampling, sharding, train_state
 from r1jax import rewards as rewards_lib
 from r1jax.data import formats, preferences, provenance
 from r1jax.data.sources import PromptFields
@@ -337,7 +337,7 @@ def completion_logps(
     )
 
 
-def train_step(state, batch, *, graphdef, optimizer, loss_kw, temperature, implementation, group_size=1, mesh=None):
+def train_step(state, batch, *, graphdef, optimizer, loss_cfg, temperature, implementation, group_size=1, mesh=None):
     """One optimizer update on a rollout batch. Pure; jitted once with the state donated."""
 
     def loss_fn(params):
@@ -345,9 +345,9 @@ def train_step(state, batch, *, graphdef, optimizer, loss_kw, temperature, imple
             graphdef, params, batch, temperature=temperature, implementation=implementation, entropy=True,
             group_size=group_size, mesh=mesh,
         )
-        loss, m = grpo.policy_loss(
-            logps_bt, batch.get("old_logps_bt"), batch.get("ref_logps_bt"), batch["advantages_b"],
-            batch["loss_mask_bt"], sampler_logps_bt=batch.get("sampler_logps_bt"), entropy_bt=entropy_bt, **loss_kw,
+        loss, m = losses.policy_loss(
+            loss_cfg, logps_bt, batch.get("old_logps_bt"), batch.get("ref_logps_bt"), batch["advantages_b"],
+            batch["loss_mask_bt"], sampler_logps_bt=batch.get("sampler_logps_bt"), entropy_bt=entropy_bt,
         )  # m holds the step's health metrics too (sampler mismatch, importance weights, masks): logged as rl/...
         m["entropy"] = grpo.masked_mean(jax.lax.stop_gradient(entropy_bt), batch["loss_mask_bt"])
         return loss, m
@@ -361,18 +361,15 @@ def train_step(state, batch, *, graphdef, optimizer, loss_kw, temperature, imple
     return state, out
 
 
-def loss_kwargs(c) -> dict:
-    """The keyword arguments of `grpo.policy_loss`, from a GRPO config: every loss option read in this one place."""
+def loss_config(c) -> losses.LossConfig:
+    """The policy loss's frozen config from a GRPO config, validated (errors name the `rl.` field): every loss option
+    read in this one place. The config's no-op numbers (C_min 0, C_max / delta / off-policy threshold inf) pass as
+    they are; the loss reads them as None."""
     rl = c.rl
-    return dict(
-        loss_type=rl.loss_type, epsilon_low=rl.epsilon_low, epsilon_high=rl.epsilon_high, beta=rl.beta,
-        max_completion_length=c.sampling.max_new_tokens, kl_bias_correction=rl.kl_bias_correction,
-        importance_sampling_level=rl.importance_sampling_level, sampler_is_correction=rl.sampler_is_correction,
-        sampler_is_mode=rl.sampler_is_mode, sampler_is_clip_min=rl.sampler_is_clip_min,
-        sampler_is_clip_max=rl.sampler_is_clip_max, off_policy_mask_threshold=rl.off_policy_mask_threshold,
-        top_entropy_quantile=rl.top_entropy_quantile, sapo_temperature_pos=rl.sapo_temperature_pos,
-        sapo_temperature_neg=rl.sapo_temperature_neg,
-    )
+    fields = [f.name for f in dataclasses.fields(losses.LossConfig) if f.name != "max_completion_length"]
+    return losses.LossConfig(
+        **{name: rl[name] for name in fields}, max_completion_length=c.sampling.max_new_tokens
+    ).validate(prefix="rl.")
 
 
 class GRPOStep(NamedTuple):
@@ -410,7 +407,7 @@ def make_grpo_step(c, graphdef, optimizer, mesh, state_shardings) -> GRPOStep:
         group_size=rl.group_size if rl.shared_prompt_forward else 1, mesh=mesh,
     )
     step = jax.jit(
-        functools.partial(train_step, graphdef=graphdef, optimizer=optimizer, loss_kw=loss_kwargs(c), **device_kw),
+        functools.partial(train_step, graphdef=graphdef, optimizer=optimizer, loss_cfg=loss_config(c), **device_kw),
         in_shardings=(state_shardings, batch_shardings), out_shardings=(state_shardings, None), donate_argnums=0,
     )
     logps = jax.jit(functools.partial(completion_logps, graphdef, **device_kw), out_shardings=rows)

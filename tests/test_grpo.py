@@ -3,9 +3,12 @@
 The TRL goldens (tests/goldens/trl_grpo_goldens.npz) come from tests/goldens/make_trl_goldens.py, run by hand with
 torch + trl 1.16.0 (`python tests/goldens/make_trl_goldens.py`); no torch is needed here. They cover every loss option:
 the clipped losses, CISPO, SAPO, the sampler importance corrections (TIS / MIS / token masks / sequence truncation),
-the off-policy sequence mask and entropy selection, each checked for loss, gradient and TRL's logged metrics.
+the off-policy sequence mask and entropy selection, and the variants added through the loss registry (INTELLECT-2's
+delta, LUSPO, VESPO, the entropy bonus with TRL's adaptive controller), each checked for loss, gradients (log-probs and
+entropies) and TRL's logged metrics.
 """
 
+import dataclasses
 import functools
 import math
 import os
@@ -15,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from r1jax import grpo
+from r1jax import grpo, losses, rollouts
 from r1jax.trainers import grpo_config
 
 GOLDENS = os.path.join(os.path.dirname(__file__), "goldens", "trl_grpo_goldens.npz")
@@ -31,6 +34,15 @@ with np.load(GOLDENS) as _g:
     NUM_CASES = len(_g["loss"])  # parametrize the parity tests over every case the golden script wrote
 
 
+def policy_loss(logps, old, ref, adv, mask, *, sampler_logps_bt=None, entropy_bt=None, entropy_control=None, **kw):
+    """losses.policy_loss with its LossConfig built from keywords."""
+    cfg = losses.LossConfig(**kw)
+    return losses.policy_loss(
+        cfg, logps, old, ref, adv, mask, sampler_logps_bt=sampler_logps_bt, entropy_bt=entropy_bt,
+        entropy_control=entropy_control,
+    )
+
+
 def _none_if_nan(x):
     return None if np.isnan(x) else float(x)
 
@@ -39,6 +51,7 @@ def _case_kwargs(gold, i):
     eps_low, eps_high = gold["case_eps"][i]
     clip_min, clip_max = gold["case_is_clip"][i]
     tau_pos, tau_neg = gold["case_sapo"][i]
+    k_pos, lambda_pos, k_neg, lambda_neg = (float(v) for v in gold["case_vespo"][i])
     return dict(
         loss_type=str(gold["case_loss_type"][i]),
         importance_sampling_level=str(gold["case_level"][i]),
@@ -55,6 +68,12 @@ def _case_kwargs(gold, i):
         top_entropy_quantile=float(gold["case_top_q"][i]),
         sapo_temperature_pos=float(tau_pos),
         sapo_temperature_neg=float(tau_neg),
+        delta=_none_if_nan(gold["case_delta"][i]),
+        vespo_k_pos=k_pos,
+        vespo_lambda_pos=lambda_pos,
+        vespo_k_neg=k_neg,
+        vespo_lambda_neg=lambda_neg,
+        entropy_coef=float(gold["case_entropy_coef"][i]),
     )
 
 
@@ -63,15 +82,15 @@ def _loss_and_grad(gold, i, dtype):
     old = None if gold["case_on_policy"][i] else jnp.asarray(gold["old_logps"], dtype)
     ref = jnp.asarray(gold["ref_logps"], dtype) if kw["beta"] > 0 else None
     sampler = jnp.asarray(gold["sampler_logps"], dtype) if gold["case_use_sampler"][i] else None
-    entropy = jnp.asarray(gold["entropy"], dtype) if kw["top_entropy_quantile"] < 1 else None
     adv = jnp.asarray(gold["advantages"], dtype)
     mask = jnp.asarray(gold["mask"] > 0)
 
-    def f(logps):
-        return grpo.policy_loss(logps, old, ref, adv, mask, sampler_logps_bt=sampler, entropy_bt=entropy, **kw)
+    def f(logps, entropy):  # the entropies are always given (as the trainer does) and differentiated
+        return policy_loss(logps, old, ref, adv, mask, sampler_logps_bt=sampler, entropy_bt=entropy, **kw)
 
-    (loss, metrics), grad = jax.jit(jax.value_and_grad(f, has_aux=True))(jnp.asarray(gold["logps"], dtype))
-    return loss, grad, metrics
+    args = (jnp.asarray(gold["logps"], dtype), jnp.asarray(gold["entropy"], dtype))
+    (loss, metrics), (grad, grad_entropy) = jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))(*args)
+    return loss, grad, grad_entropy, metrics
 
 
 # TRL's metric name -> ours (policy_loss's metrics; health metrics under 'sampler/').
@@ -86,6 +105,8 @@ TRL_METRICS = {
     "sampling/importance_sampling_ratio/min": "sampler/is_weight_min",
     "sampling/importance_sampling_ratio/mean": "sampler/is_weight_mean",
     "sampling/importance_sampling_ratio/max": "sampler/is_weight_max",
+    "entropy_coef": "entropy_coef",
+    "vespo/phi_seq_mean": "vespo/phi_seq_mean",
 }
 
 
@@ -185,7 +206,7 @@ def test_advantages_jit():
 
 def test_goldens_metadata(gold):
     assert str(gold["trl_version"]) == "1.16.0"
-    assert NUM_CASES == 128
+    assert NUM_CASES == 181
     assert list(gold["metric_names"]) == list(TRL_METRICS)
     # The inputs exercise clipping on both sides at token and sequence level, so the goldens can tell clip
     # bounds apart (clip-higher changes the loss); on-policy cases have rho = 1 and never clip.
@@ -196,7 +217,7 @@ def test_goldens_metadata(gold):
             plain
             & (gold["case_level"] == level)
             & ~gold["case_on_policy"]
-            & np.isin(gold["case_loss_type"], grpo.CLIPPED_LOSS_TYPES)
+            & np.isin(gold["case_loss_type"], ("grpo", "bnpo", "dr_grpo", "dapo"))
         )
         assert np.all(m[sel, 0] > 0) and np.all(m[sel, 1] > 0)
 
@@ -239,10 +260,11 @@ def test_goldens_exercise_every_option(gold):
 
 @pytest.mark.parametrize("i", range(NUM_CASES))
 def test_policy_loss_matches_trl_f32(gold, i):
-    loss, grad, metrics = _loss_and_grad(gold, i, jnp.float32)
+    loss, grad, grad_entropy, metrics = _loss_and_grad(gold, i, jnp.float32)
     assert loss.dtype == jnp.float32 and grad.dtype == jnp.float32
     np.testing.assert_allclose(loss, gold["loss"][i], rtol=0, atol=1e-6)
     np.testing.assert_allclose(grad, gold["grad"][i], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(grad_entropy, gold["grad_entropy"][i], rtol=0, atol=1e-6)
     for k, want in zip(gold["metric_names"], gold["metrics"][i]):
         ours = TRL_METRICS[str(k)]
         if np.isnan(want):
@@ -255,10 +277,11 @@ def test_policy_loss_matches_trl_f32(gold, i):
 def _check_f64(gold, cases):
     with jax.enable_x64(True):
         for i in cases:
-            loss, grad, _ = _loss_and_grad(gold, i, jnp.float64)
+            loss, grad, grad_entropy, _ = _loss_and_grad(gold, i, jnp.float64)
             assert grad.dtype == jnp.float64
             np.testing.assert_allclose(loss, gold["loss"][i], rtol=1e-12, atol=1e-14, err_msg=str(i))
             np.testing.assert_allclose(grad, gold["grad"][i], rtol=1e-10, atol=1e-14, err_msg=str(i))
+            np.testing.assert_allclose(grad_entropy, gold["grad_entropy"][i], rtol=1e-10, atol=1e-14, err_msg=str(i))
 
 
 def test_policy_loss_matches_trl_f64(gold):
@@ -269,6 +292,70 @@ def test_policy_loss_matches_trl_f64(gold):
 @pytest.mark.slow
 def test_policy_loss_matches_trl_f64_all_cases(gold):
     _check_f64(gold, range(NUM_CASES))
+
+
+def _check_adaptive_entropy(gold, dtype, atol):
+    """TRL's adaptive entropy control over a sequence of updates: the controller state carried from step to step
+    (losses.update_entropy_control), each step's loss, both gradients and the coefficient TRL logs."""
+    cfg_kw = {k.removeprefix("adaptive_cfg_"): gold[k].item() for k in gold if k.startswith("adaptive_cfg_")}
+    cfg = losses.LossConfig(**cfg_kw, use_adaptive_entropy=True)
+    args = [jnp.asarray(gold[k], dtype) for k in ("logps", "old_logps", "advantages")]
+    mask = jnp.asarray(gold["mask"] > 0)
+
+    def f(logps, entropy, ctrl):
+        return losses.policy_loss(cfg, logps, args[1], None, args[2], mask, entropy_bt=entropy, entropy_control=ctrl)
+
+    step = jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))
+    ctrl = losses.initial_entropy_control(cfg, dtype)
+    for k, scale in enumerate(gold["adaptive_scales"]):
+        entropy = jnp.asarray(gold["entropy"] * scale, dtype)
+        (loss, m), (grad, grad_entropy) = step(args[0], entropy, ctrl)
+        np.testing.assert_allclose(loss, gold["adaptive_loss"][k], rtol=0, atol=atol, err_msg=str(k))
+        np.testing.assert_allclose(grad, gold["adaptive_grad"][k], rtol=0, atol=atol, err_msg=str(k))
+        np.testing.assert_allclose(grad_entropy, gold["adaptive_grad_entropy"][k], rtol=0, atol=atol, err_msg=str(k))
+        np.testing.assert_allclose(m["entropy_coef"], gold["adaptive_entropy_coef"][k], rtol=0, atol=atol)
+        ctrl = losses.update_entropy_control(cfg, ctrl, m["entropy_bonus/entropy"])
+        assert float(ctrl.coef) == float(m["entropy_coef"])
+
+
+def test_adaptive_entropy_control_matches_trl(gold):
+    # The goldens' steps move the coefficient to both bounds and apply it only after a low-entropy step.
+    np.testing.assert_allclose(gold["adaptive_entropy_coef"], [0.014, 0.008, 0.002, 0.002, 0.008, 0.014])
+    applied = np.abs(gold["adaptive_grad_entropy"]).sum((1, 2)) > 0
+    np.testing.assert_array_equal(applied, [False, True, False, False, False, True])
+    _check_adaptive_entropy(gold, jnp.float32, 1e-6)
+    with jax.enable_x64(True):
+        _check_adaptive_entropy(gold, jnp.float64, 1e-12)
+
+
+def test_registry_variants_change_the_goldens(gold):
+    """delta clamps, VESPO's (k, lambda) and the absorbed sampler weights matter, and the entropy bonus is the only
+    case with an entropy gradient: a variant that did nothing could not match."""
+    kw = lambda i: _case_kwargs(gold, i)  # noqa: E731
+    for i in np.flatnonzero(~np.isnan(gold["case_delta"]) & (gold["case_delta"] == 1.3)):
+        without = {**kw(i), "delta": None}
+        j = [n for n in range(NUM_CASES) if kw(n) == without]  # the same case without the clamp, if the goldens have it
+        loss, *_ = _loss_and_grad(gold, i, jnp.float32)
+        adv, mask = jnp.asarray(gold["advantages"]), jnp.asarray(gold["mask"] > 0)
+        old = jnp.asarray(gold["old_logps"])
+        ref = jnp.asarray(gold["ref_logps"]) if without["beta"] > 0 else None
+        unclamped, _ = policy_loss(jnp.asarray(gold["logps"], jnp.float32), old, ref, adv, mask, **without)
+        assert abs(float(loss) - float(unclamped)) > 1e-4, (i, j)
+    vespo = (gold["case_loss_type"] == "vespo") & ~gold["case_use_sampler"] & (gold["case_entropy_coef"] == 0)
+    vespo &= ~gold["case_on_policy"]
+    # 2 (k, lambda) pairs x 2 levels x beta 0 / 0.04: VESPO builds its own sequence ratio, so the level only moves the
+    # bias-corrected KL (beta > 0); each pair and beta give a loss of their own.
+    assert len(set(np.round(gold["loss"][vespo], 6))) == 6 and int(vespo.sum()) == 8
+    absorbed = (gold["case_loss_type"] == "vespo") & gold["case_is_correction"]
+    assert len(set(np.round(gold["loss"][absorbed], 6))) == int(absorbed.sum()) == 3
+    bonus = gold["case_entropy_coef"] != 0
+    assert np.all(np.abs(gold["grad_entropy"][bonus]).sum((1, 2)) > 0)
+    assert np.all(gold["grad_entropy"][~bonus] == 0)
+    on = gold["mask"] > 0
+    for i in np.flatnonzero(bonus):  # d(-c_H H)/dH_t = -c_H / n on the n trained tokens (entropy-selected ones)
+        trained = on & gold["entropy_mask"][i]
+        want = np.where(trained, -gold["case_entropy_coef"][i] / trained.sum(), 0)
+        np.testing.assert_allclose(gold["grad_entropy"][i], want, rtol=1e-12, atol=1e-15)
 
 
 def test_importance_weights_and_entropy_mask_match_trl(gold):
@@ -296,6 +383,7 @@ def test_importance_weights_and_entropy_mask_match_trl(gold):
 def test_dapo_equals_bnpo_single_step_and_num_tokens_rescales(gold):
     # One process, one step: TRL's num_items_in_batch is sum(mask), so 'dapo' == 'bnpo' (as the goldens show).
     plain = ~gold["case_use_sampler"] & np.isnan(gold["case_opsm"]) & (gold["case_top_q"] == 1)
+    plain &= np.isnan(gold["case_delta"]) & (gold["case_entropy_coef"] == 0)
     dapo = gold["loss"][plain & (gold["case_loss_type"] == "dapo")]
     np.testing.assert_allclose(dapo, gold["loss"][plain & (gold["case_loss_type"] == "bnpo")], rtol=1e-12)
     # Micro-batches with the global token count sum to the whole-batch DAPO loss.
@@ -321,12 +409,12 @@ def _random_batch(b=4, t=7, seed=0):
     return logps, old, ref, mask
 
 
-@pytest.mark.parametrize("loss_type", grpo.LOSS_TYPES)
+@pytest.mark.parametrize("loss_type", losses.LOSS_TYPES)
 @pytest.mark.parametrize("level", grpo.IMPORTANCE_SAMPLING_LEVELS)
 def test_zero_advantage_zero_beta_gives_zero_loss_and_grad(loss_type, level):
     logps, old, _, mask = _random_batch()
     eps_high = 5.0 if loss_type == "cispo" else 0.2
-    f = lambda lp: grpo.policy_loss(
+    f = lambda lp: policy_loss(
         lp,
         old,
         None,
@@ -337,6 +425,7 @@ def test_zero_advantage_zero_beta_gives_zero_loss_and_grad(loss_type, level):
         importance_sampling_level=level,
         epsilon_high=eps_high,
         sampler_logps_bt=old - 0.1,
+        sampler_is_mode="token_truncate" if loss_type == "vespo" else "sequence_mask",  # VESPO: token modes only
         off_policy_mask_threshold=0.0,
     )[0]
     loss, grad = jax.value_and_grad(f)(logps)
@@ -352,7 +441,7 @@ def test_on_policy_grpo_is_minus_mean_advantage_and_k3_hand_golden():
     sign = jnp.where(jnp.arange(7) % 2 == 0, 1.0, -1.0)[None, :]
     mask = jnp.ones_like(mask).at[:, 6:].set(False)  # 6 tokens per row: three of each sign
     ref = logps + sign * jnp.log(2.0)
-    loss, m = grpo.policy_loss(logps, None, ref, adv, mask, beta=0.1)
+    loss, m = policy_loss(logps, None, ref, adv, mask, beta=0.1)
     # rho = 1 on policy: pg loss = -mean_i A_i for 'grpo'.
     np.testing.assert_allclose(m["pg_loss"], -adv.mean(), rtol=1e-6)
     np.testing.assert_allclose(m["kl"], 0.25, rtol=1e-6)
@@ -366,7 +455,7 @@ def test_padding_junk_does_not_leak(level):
     logps, old, ref, mask = _random_batch(seed=2)
     adv = jnp.array([1.0, -1.0, 0.5, -0.5])
     kw = dict(beta=0.04, kl_bias_correction=True, epsilon_high=0.28, importance_sampling_level=level)
-    f = lambda lp, o, r: grpo.policy_loss(lp, o, r, adv, mask, **kw)[0]
+    f = lambda lp, o, r: policy_loss(lp, o, r, adv, mask, **kw)[0]
     clean = jax.value_and_grad(f)(logps, old, ref)
     junk = jax.value_and_grad(f)(jnp.where(mask, logps, jnp.inf), jnp.where(mask, old, -jnp.inf), ref)
     np.testing.assert_allclose(junk[0], clean[0], rtol=1e-6)
@@ -374,7 +463,7 @@ def test_padding_junk_does_not_leak(level):
     assert np.all(np.asarray(junk[1])[~np.asarray(mask)] == 0.0)
 
 
-def test_jit_with_static_argnames_matches_eager():
+def test_jit_with_bound_config_matches_eager():
     logps, old, ref, mask = _random_batch(seed=4)
     adv = jnp.array([0.3, -1.0, 0.5, -0.5])
     kw = dict(
@@ -389,10 +478,12 @@ def test_jit_with_static_argnames_matches_eager():
         top_entropy_quantile=0.5,
     )
     data = dict(sampler_logps_bt=old + 0.2 * jnp.sin(old * 7), entropy_bt=jnp.cos(logps * 5) + 1)
-    static = tuple(k for k in kw) + ("importance_sampling_level",)
-    jitted = jax.jit(grpo.policy_loss, static_argnames=static)
-    got, got_m = jitted(logps, old, ref, adv, mask, **kw, **data)
-    want, want_m = grpo.policy_loss(logps, old, ref, adv, mask, **kw, **data)
+    cfg = losses.LossConfig(**kw)  # frozen and hashable: bound with partial, or passed as a static argument
+    jitted = jax.jit(functools.partial(losses.policy_loss, cfg))
+    got, got_m = jitted(logps, old, ref, adv, mask, **data)
+    got_s, _ = jax.jit(losses.policy_loss, static_argnums=0)(cfg, logps, old, ref, adv, mask, **data)
+    np.testing.assert_array_equal(got_s, got)
+    want, want_m = policy_loss(logps, old, ref, adv, mask, **kw, **data)
     assert {"sampler/is_masked_fraction", "off_policy_mask/dropped_fraction", "entropy_mask/trained_fraction"} <= set(
         want_m
     )
@@ -405,8 +496,8 @@ def test_jit_with_static_argnames_matches_eager():
 def test_dr_grpo_uses_constant_normaliser():
     logps, old, _, mask = _random_batch(seed=3)
     adv = jnp.array([1.0, -1.0, 0.5, -0.5])
-    bnpo, _ = grpo.policy_loss(logps, old, None, adv, mask, loss_type="bnpo")
-    dr, _ = grpo.policy_loss(logps, old, None, adv, mask, loss_type="dr_grpo", max_completion_length=10)
+    bnpo, _ = policy_loss(logps, old, None, adv, mask, loss_type="bnpo")
+    dr, _ = policy_loss(logps, old, None, adv, mask, loss_type="dr_grpo", max_completion_length=10)
     np.testing.assert_allclose(dr, bnpo * mask.sum() / (4 * 10), rtol=1e-6)
 
 
@@ -433,31 +524,40 @@ def test_dr_grpo_uses_constant_normaliser():
         (dict(top_entropy_quantile=1.5), "top_entropy_quantile=1.5"),
         (dict(top_entropy_quantile=0.2), "needs entropy_bt"),
         (dict(loss_type="sapo", sapo_temperature_neg=0.0), "sapo_temperature_neg=0.0"),
+        (dict(delta=1.1), "delta=1.1: must be > 1 \\+ epsilon_high"),
+        (dict(loss_type="sapo", delta=4.0), "delta=4.0: clamps the clipped"),
+        (dict(loss_type="vespo"), "sampler_is_mode='sequence_mask': loss_type='vespo'"),
+        (dict(loss_type="vespo", sampler_is_correction=False, vespo_lambda_neg=0.0), "vespo_lambda_neg=0.0"),
+        (dict(vespo_k_pos=-1.0), "vespo_k_pos=-1.0"),
+        (dict(entropy_coef=0.01), "entropy_coef=0.01 .*needs entropy_bt"),
+        (dict(use_adaptive_entropy=True), "needs entropy_bt"),
+        (dict(entropy_coef_min=2.0), "entropy_coef_min=2.0"),
+        (dict(entropy_target=math.inf), "entropy_target=inf"),
     ],
 )
 def test_policy_loss_arg_errors(kw, match):
     logps, old, _, mask = _random_batch()
     with pytest.raises(ValueError, match=match):
-        grpo.policy_loss(logps, old, None, jnp.zeros(4), mask, **kw)
+        policy_loss(logps, old, None, jnp.zeros(4), mask, **kw)
 
 
-def test_check_loss_options_names_config_fields():
+def test_loss_config_validate_names_config_fields():
     # The trainer's config validation calls this with prefix 'rl.': one set of bounds, errors naming the field.
     with pytest.raises(ValueError, match=r"^rl\.sampler_is_clip_max=-3\.0"):
-        grpo.check_loss_options(prefix="rl.", sampler_is_clip_max=-3.0)
+        losses.LossConfig(sampler_is_clip_max=-3.0).validate(prefix="rl.")
     with pytest.raises(ValueError, match=r"^rl\.top_entropy_quantile=-0\.1"):
-        grpo.check_loss_options(prefix="rl.", top_entropy_quantile=-0.1)
+        losses.LossConfig(top_entropy_quantile=-0.1).validate(prefix="rl.")
     # Configs hold numbers: C_min = 0, C_max = inf and delta = inf are the no-op bounds (as None), and valid.
-    grpo.check_loss_options(
+    losses.LossConfig(
         sampler_is_mode="token_mask",
         sampler_is_clip_min=0.0,
         sampler_is_clip_max=math.inf,
         off_policy_mask_threshold=math.inf,
-    )
+    ).validate()
     with pytest.raises(ValueError, match="needs at least one bound"):
-        grpo.check_loss_options(
+        losses.LossConfig(
             sampler_is_mode="sequence_truncate", sampler_is_clip_min=0.0, sampler_is_clip_max=math.inf
-        )
+        ).validate()
 
 
 @pytest.mark.parametrize(
@@ -470,6 +570,11 @@ def test_check_loss_options_names_config_fields():
         (dict(top_entropy_quantile=2.0), "top_entropy_quantile"),
         (dict(loss_type="sapo", sapo_temperature_pos=0.0), "sapo_temperature_pos"),
         (dict(loss_type="cispo"), "epsilon_high"),  # the default 0.2 is no eps_max
+        (dict(delta=1.2), "delta"),  # <= 1 + epsilon_high
+        (dict(loss_type="vespo", sampler_is_correction=True), "sampler_is_mode"),  # sequence_mask: not for VESPO
+        (dict(vespo_lambda_pos=-1.0), "vespo_lambda_pos"),
+        (dict(entropy_coef_max=-1.0), "entropy_coef_delta"),  # min > max, named with its partners
+        (dict(use_adaptive_entropy=True), "use_adaptive_entropy"),  # no controller state in the trainer yet
     ],
 )
 def test_config_validation_uses_the_loss_bounds(overrides, field):
@@ -481,14 +586,29 @@ def test_config_validation_uses_the_loss_bounds(overrides, field):
         grpo_config.validate(c, num_devices=1)
 
 
+def test_loss_config_reads_every_option_from_the_config():
+    # Each LossConfig field is declared once in the trainer's config (rl.<field>) and read in one place.
+    c = grpo_config.grpo_config()
+    fields = [f.name for f in dataclasses.fields(losses.LossConfig) if f.name != "max_completion_length"]
+    assert set(fields) <= set(c.rl)
+    c.rl.update(loss_type="vespo", vespo_k_neg=4.0, entropy_coef=0.01, top_entropy_quantile=0.2, beta=0.04)
+    cfg = rollouts.loss_config(c)
+    assert {f: getattr(cfg, f) for f in fields} == {f: c.rl[f] for f in fields}
+    assert cfg.max_completion_length == c.sampling.max_new_tokens
+    assert hash(cfg) == hash(rollouts.loss_config(c))  # frozen: a static argument / partial binding
+    c.rl.delta = 1.0
+    with pytest.raises(ValueError, match=r"^rl\.delta=1\.0"):
+        rollouts.loss_config(c)
+
+
 def test_policy_loss_shape_errors():
     logps, old, _, mask = _random_batch()
     with pytest.raises(ValueError, match="sampler_logps_bt.shape"):
-        grpo.policy_loss(logps, old, None, jnp.zeros(4), mask, sampler_logps_bt=old[:, :3])
+        policy_loss(logps, old, None, jnp.zeros(4), mask, sampler_logps_bt=old[:, :3])
     with pytest.raises(ValueError, match="advantages_b.shape"):
-        grpo.policy_loss(logps, old, None, jnp.zeros((4, 1)), mask)
+        policy_loss(logps, old, None, jnp.zeros((4, 1)), mask)
     with pytest.raises(ValueError, match="mask_bt.shape"):
-        grpo.policy_loss(logps, old, None, jnp.zeros(4), mask[:, :3])
+        policy_loss(logps, old, None, jnp.zeros(4), mask[:, :3])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -502,7 +622,7 @@ def test_corrections_that_change_nothing_are_exact_no_ops():
     base_kw = dict(loss_type="dapo", beta=0.04, epsilon_high=0.28)
 
     def run(**kw):
-        f = lambda lp: grpo.policy_loss(lp, old, ref, adv, mask, **base_kw, **kw)[0]
+        f = lambda lp: policy_loss(lp, old, ref, adv, mask, **base_kw, **kw)[0]
         return jax.value_and_grad(f)(logps)
 
     want = run()
@@ -512,6 +632,8 @@ def test_corrections_that_change_nothing_are_exact_no_ops():
         dict(sampler_logps_bt=old - 1.0, sampler_is_correction=False),  # only metrics read them
         dict(off_policy_mask_threshold=math.inf),
         dict(top_entropy_quantile=1.0, entropy_bt=entropy),
+        dict(delta=math.inf),
+        dict(entropy_coef=0.0, entropy_bt=entropy),
     ]
     for kw in variants:
         got = run(**kw)
@@ -522,8 +644,10 @@ def test_corrections_that_change_nothing_are_exact_no_ops():
         dict(sampler_logps_bt=old - 0.5, sampler_is_mode="token_truncate", sampler_is_clip_max=1.2),
         dict(off_policy_mask_threshold=0.0, sampler_logps_bt=logps + 1.0, sampler_is_correction=False),
         dict(top_entropy_quantile=0.3, entropy_bt=entropy),
+        dict(entropy_coef=0.1, entropy_bt=entropy),  # (delta acts in test_registry_variants_change_the_goldens)
     ]:
-        assert not np.allclose(run(**kw)[1], want[1]), kw
+        got = run(**kw)  # the bonus's entropies are a constant here: it moves the loss, not d loss / d logps
+        assert not (np.allclose(got[0], want[0]) and np.allclose(got[1], want[1])), kw
 
 
 @pytest.mark.parametrize("level", grpo.IMPORTANCE_SAMPLING_LEVELS)
@@ -534,7 +658,7 @@ def test_cispo_and_sapo_on_policy_gradients(level):
     adv = jnp.array([1.0, -2.0, 0.5, -0.25])
 
     def vg(**kw):
-        f = lambda lp: grpo.policy_loss(lp, None, None, adv, mask, importance_sampling_level=level, **kw)
+        f = lambda lp: policy_loss(lp, None, None, adv, mask, importance_sampling_level=level, **kw)
         return jax.value_and_grad(f, has_aux=True)(logps)
 
     (_, _), g_dapo = vg(loss_type="dapo")
@@ -619,9 +743,10 @@ def test_health_metrics_equal_policy_loss_entries():
         top_entropy_quantile=0.4,
     )
     data = dict(sampler_logps_bt=old + 0.3 * jnp.cos(old * 11), entropy_bt=jnp.abs(jnp.sin(old * 3)))
-    _, m = grpo.policy_loss(logps, old, ref, adv, mask, beta=0.1, **kw, **data)
-    h = grpo.health_metrics(
-        old, data["sampler_logps_bt"], mask, advantages_b=adv, entropy_bt=data["entropy_bt"], logps_bt=logps, **kw
+    _, m = policy_loss(logps, old, ref, adv, mask, beta=0.1, **kw, **data)
+    h = losses.health_metrics(
+        losses.LossConfig(**kw),
+        old, data["sampler_logps_bt"], mask, advantages_b=adv, entropy_bt=data["entropy_bt"], logps_bt=logps,
     )
     assert set(h) == {
         "sampler/logp_diff_mean",

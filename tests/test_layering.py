@@ -16,7 +16,8 @@ LAYERS = {
     "r1jax.rollouts": 3,
     "r1jax.sampling": 2, "r1jax.rewards": 2, "r1jax.data": 1,
     "r1jax.train_state": 1, "r1jax.tokenizer": 0, "r1jax.models": 0, "r1jax.kernels": 0, "r1jax.grpo": 0,
-    "r1jax.checkpoint": 0, "r1jax.sharding": 0, "r1jax.distributed": 0, "r1jax.metrics": 0, "r1jax.config_lib": 0,
+    "r1jax.losses": 0, "r1jax.checkpoint": 0, "r1jax.sharding": 0, "r1jax.distributed": 0, "r1jax.metrics": 0,
+    "r1jax.config_lib": 0,
     "r1jax": 0,
 }
 

@@ -2,10 +2,11 @@
 
 A kernel that does not fit a generation's VMEM, or a Mosaic call XLA cannot partition, fails here as it would on
 the chip. Each compiled program is checked to hold its Mosaic calls (`tpu_custom_call`), so a silent fallback to
-the interpreter or to the chunked XLA path fails the test. The whole kernel matrix (benchmarks/measure/tpu_kernel_compile.py,
-4 chips × 4 Qwen2.5 heads × bf16/f32 × 2 kernels, 16,384 tokens, value and gradient) takes about 9 minutes on 2
-shared cores (benchmarks/RESULTS.md), so the default suite compiles one hard case per chip and kernel and the rest
-is marked slow. Skipped, with libtpu's error as the reason, only where libtpu cannot be loaded.
+the interpreter or to the chunked XLA path fails the test. The whole kernel matrix
+(benchmarks/measure/tpu_kernel_compile.py, 4 chips × 4 Qwen2.5 heads × bf16/f32 × 2 kernels, 16,384 tokens, value
+and gradient) takes about 9 minutes on 2 shared cores (benchmarks/RESULTS.md), so the default suite compiles one
+hard case per chip and kernel and the rest is marked slow. Skipped, with libtpu's error as the reason, only where
+libtpu cannot be loaded.
 """
 
 import os

@@ -13,7 +13,7 @@ import os
 import jax
 import ml_collections
 
-from r1jax import grpo, sampling, sharding, train_state
+from r1jax import grpo, rollouts, sampling, sharding, train_state
 from r1jax import rewards as rewards_lib
 from r1jax.data import formats, provenance
 from r1jax.models import config_from_hf, get_preset
@@ -35,7 +35,9 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
     c.shared_prompt_forward = False
     c.epsilon_low = 0.2  # ε_low
     c.epsilon_high = 0.2  # ε_high (DAPO clip-higher: 0.28); with loss_type='cispo' it is ε_max, the ratio cap (5.0)
-    c.loss_type = "dapo"  # 'grpo' | 'dapo' | 'dr_grpo' | 'bnpo' | 'cispo' | 'sapo' (see r1jax/grpo.py)
+    # 'grpo' | 'dapo' | 'dr_grpo' | 'bnpo' | 'luspo' | 'cispo' | 'sapo' | 'vespo' (r1jax/losses.py: SURROGATES)
+    c.loss_type = "dapo"
+    c.delta = float("inf")  # δ, INTELLECT-2's upper clamp on the clipped losses' unclipped ratio (4.0); inf: off
     c.scale_rewards = "group"  # 'group' | 'batch' | 'none' (Dr. GRPO)
     c.adv_eps = 1e-4
     c.importance_sampling_level = "token"  # 'token' | 'sequence'
@@ -54,6 +56,16 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
     c.top_entropy_quantile = 1.0  # ρ (Beyond the 80/20 rule: 0.2): train only the top-ρ tokens by entropy; 1: all
     c.sapo_temperature_pos = 1.0  # τ_pos of loss_type='sapo' (A > 0)
     c.sapo_temperature_neg = 1.05  # τ_neg (A <= 0)
+    c.vespo_k_pos = 2.0  # k₊ of loss_type='vespo', φ(w) = e^λ w^k e^(-λw) (A >= 0)
+    c.vespo_lambda_pos = 3.0  # λ₊
+    c.vespo_k_neg = 3.0  # k₋ (A < 0)
+    c.vespo_lambda_neg = 2.0  # λ₋
+    c.entropy_coef = 0.0  # c_H, entropy bonus: loss − c_H·H over the trained tokens (0: off)
+    c.use_adaptive_entropy = False  # Skywork-OR1's controller on c_H (not yet carried by the trainer's state)
+    c.entropy_target = 0.2  # H_target (nats) of the adaptive controller
+    c.entropy_coef_delta = 0.005  # its step on c_H per update
+    c.entropy_coef_min = 0.0  # its bounds on c_H
+    c.entropy_coef_max = 1.0
     c.mask_truncated = False  # drop completions without EOS from the loss
     c.dynamic_sampling = False  # DAPO: drop zero-spread groups, refill from further prompts
     c.max_resample_rounds = 2  # cap on extra sampling rounds per step with dynamic_sampling
@@ -163,9 +175,9 @@ def grpo_config() -> ml_collections.ConfigDict:
     return c
 
 
-def validate(c, num_devices: int | None = None) -> None:
-    """Every check that can fail before compiling; errors name the field and value."""
-    rl, s = c.rl, c.sampling
+def validate_rl(c) -> None:
+    """The `rl` fields' checks: sizes, and the loss options through the loss's own config (r1jax/losses.py)."""
+    rl = c.rl
     if rl.group_size < 2:
         raise ValueError(f"rl.group_size={rl.group_size}: GRPO needs at least 2 samples per prompt")
     if rl.prompts_per_step < 1:
@@ -174,9 +186,39 @@ def validate(c, num_devices: int | None = None) -> None:
         raise ValueError(f"rl.num_steps={rl.num_steps}: must be >= 1")
     if rl.mu < 1:
         raise ValueError(f"rl.mu={rl.mu}: must be >= 1")
-    grpo.check_loss_options(prefix="rl.", **rl.to_dict())  # β, ε, loss_type, ...: the loss's one set of bounds
+    rollouts.loss_config(c)  # β, ε, loss_type, ...: the loss's frozen config, validated in its one place
+    if rl.use_adaptive_entropy:
+        raise ValueError(
+            "rl.use_adaptive_entropy=True: the controller's state (losses.EntropyControl) is not yet carried by the "
+            "trainer's state across updates and checkpoints; use a constant rl.entropy_coef"
+        )
     if rl.scale_rewards not in grpo.SCALE_REWARDS:
         raise ValueError(f"rl.scale_rewards={rl.scale_rewards!r}: expected one of {grpo.SCALE_REWARDS}")
+
+
+def validate_data(c) -> None:
+    """The `data` and `rewards` fields' checks: the task or files exist, their format, the general prompts' rewards."""
+    if not c.data.train_files:
+        rewards_lib.get_task(c.data.task)  # raises naming the task when unknown
+    for f in tuple(c.data.train_files) + tuple(c.data.eval_files):
+        if not os.path.exists(f):
+            raise ValueError(f"data.train_files/eval_files: no such file {f!r}")
+    formats.check_format(c.data.format)
+    if c.data.levels and c.data.format != "math":
+        raise ValueError(f"data.levels={tuple(c.data.levels)}: only format 'math' has levels, not {c.data.format!r}")
+    for name in c.rewards.general_weights:
+        if name not in GENERAL_REWARDS:
+            raise ValueError(f"rewards.general_weights.{name}: expected names in {GENERAL_REWARDS}")
+    if c.rewards.general_weights and not c.rewards.reward_model:
+        raise ValueError("rewards.reward_model='': rewards.general_weights needs a reward model export directory")
+    if c.data.num_general and not c.rewards.general_weights:
+        raise ValueError(f"data.num_general={c.data.num_general}: general prompts need rewards.general_weights")
+
+
+def validate(c, num_devices: int | None = None) -> None:
+    """Every check that can fail before compiling; errors name the field and value."""
+    rl, s = c.rl, c.sampling
+    validate_rl(c)
     if s.temperature <= 0:
         raise ValueError(f"sampling.temperature={s.temperature}: must be > 0 for RL rollouts")
     if not 0 < s.top_p <= 1:
@@ -232,21 +274,7 @@ def validate(c, num_devices: int | None = None) -> None:
         raise ValueError(f"batch P·G={batch}: not divisible by the data-parallel size {dp}")
     if s.scheduler == "continuous" and min(s.num_slots or batch, batch) % dp:
         raise ValueError(f"sampling.num_slots={s.num_slots}: not divisible by the data-parallel size {dp}")
-    if not c.data.train_files:
-        rewards_lib.get_task(c.data.task)  # raises naming the task when unknown
-    for f in tuple(c.data.train_files) + tuple(c.data.eval_files):
-        if not os.path.exists(f):
-            raise ValueError(f"data.train_files/eval_files: no such file {f!r}")
-    formats.check_format(c.data.format)
-    if c.data.levels and c.data.format != "math":
-        raise ValueError(f"data.levels={tuple(c.data.levels)}: only format 'math' has levels, not {c.data.format!r}")
-    for name in c.rewards.general_weights:
-        if name not in GENERAL_REWARDS:
-            raise ValueError(f"rewards.general_weights.{name}: expected names in {GENERAL_REWARDS}")
-    if c.rewards.general_weights and not c.rewards.reward_model:
-        raise ValueError("rewards.reward_model='': rewards.general_weights needs a reward model export directory")
-    if c.data.num_general and not c.rewards.general_weights:
-        raise ValueError(f"data.num_general={c.data.num_general}: general prompts need rewards.general_weights")
+    validate_data(c)
     if not c.model.checkpoint and not c.tokenizer.path:
         raise ValueError(
             "model.checkpoint='': GRPO starts from a base model; pass --config.model.checkpoint=PATH (a stage-0 "

@@ -7,8 +7,14 @@ Run by hand (not at test time; needs torch + trl), from the repository root:
 It feeds fixed per-token log-probs through TRL's own `GRPOTrainer._compute_loss` (float64) without a model: a bare
 trainer made with `object.__new__`, the attributes `_compute_loss` reads set by hand (one process, one accumulation
 step, one step per generation, train mode), and `_get_per_token_logps_and_entropies` replaced by a function that
-returns our fixed log-probs (a leaf tensor requiring grad) and entropies. It records the loss, d loss / d logps and
-TRL's logged metrics for every case, and writes tests/goldens/trl_grpo_goldens.npz.
+returns our fixed log-probs and entropies (leaf tensors requiring grad: the entropy bonus differentiates the entropy).
+It records the loss, d loss / d logps, d loss / d entropy and TRL's logged metrics for every case, and writes
+tests/goldens/trl_grpo_goldens.npz.
+
+Adaptive entropy control (`use_adaptive_entropy`) is state across optimizer steps (the coefficient and the entropy
+measured at the previous step), so it gets its own golden: one bare trainer runs `_compute_loss` for a sequence of
+steps whose entropies are scaled to cross `entropy_target` both ways, recording each step's loss, gradients and the
+coefficient TRL logs.
 
 The sampler importance ratio (TRL's `vllm_importance_sampling_*` options) is computed inside
 `_generate_and_score_completions`, which needs a model and vLLM; `trl_source_block` cuts the ratio lines and the
@@ -49,7 +55,15 @@ METRICS = (
     "sampling/importance_sampling_ratio/min",
     "sampling/importance_sampling_ratio/mean",
     "sampling/importance_sampling_ratio/max",
+    "entropy_coef",
+    "vespo/phi_seq_mean",
 )
+# Adaptive entropy control: the controller's options, and the factor on the entropies of each step (the mean unmasked
+# entropy is about 1.5, so 0.2 puts it under the target and 1.0 over it). The coefficient hits its upper bound at
+# step 1, its lower bound at step 4, and is applied only after a step that measured entropy <= target (2, 6).
+ADAPTIVE = dict(loss_type="dapo", entropy_coef=0.01, entropy_target=0.5, entropy_coef_delta=0.006,
+                entropy_coef_min=0.002, entropy_coef_max=0.014)  # fmt: skip
+ADAPTIVE_SCALES = (0.2, 1.0, 1.0, 1.0, 0.2, 0.2)
 
 
 def make_inputs():
@@ -117,14 +131,20 @@ def bare_trainer(case):
     tr.vllm_importance_sampling_clip_min = case["is_min"]
     tr.vllm_importance_sampling_clip_max = case["is_max"]
     tr.aux_loss_enabled = False
-    tr._entropy_bonus_enabled = False
+    tr.entropy_coef = case["entropy_coef"]
+    tr.use_adaptive_entropy = case["adaptive"]
+    tr._entropy_bonus_enabled = tr.entropy_coef != 0.0 or tr.use_adaptive_entropy  # as GRPOTrainer.__init__
+    tr._last_world_entropy = float("inf")
+    tr._entropy_window_stats = None
     tr.current_gradient_accumulation_steps = 1
     tr.args = types.SimpleNamespace(
         use_bias_correction_kl=case["bias_kl"],
-        delta=None,
+        delta=case["delta"],
         steps_per_generation=1,
         sapo_temperature_pos=case["sapo_pos"],
         sapo_temperature_neg=case["sapo_neg"],
+        **dict(zip(("vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg", "vespo_lambda_neg"), case["vespo"])),
+        **{k: case[k] for k in ("entropy_target", "entropy_coef_delta", "entropy_coef_min", "entropy_coef_max")},
     )
     tr.model = types.SimpleNamespace(training=True)
     tr.accelerator = types.SimpleNamespace(
@@ -139,11 +159,12 @@ def bare_trainer(case):
     return tr
 
 
-def trl_case(data, case):
-    tr = bare_trainer(case)
+def trl_case(data, case, tr=None, entropy_scale=1.0):
+    tr = bare_trainer(case) if tr is None else tr
+    tr._metrics = {"train": collections.defaultdict(list), "eval": collections.defaultdict(list)}  # this step's
     t64 = lambda x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
     logps = torch.tensor(data["logps"], dtype=torch.float64, requires_grad=True)
-    entropy = t64(data["entropy"])
+    entropy = torch.tensor(data["entropy"] * entropy_scale, dtype=torch.float64, requires_grad=True)
     tr._get_per_token_logps_and_entropies = lambda *a, **k: (logps, entropy, None)
     mask = t64(data["mask"])
     inputs = {
@@ -190,12 +211,15 @@ def trl_case(data, case):
     loss.backward()
     m = tr._metrics["train"]
     metrics = np.array([m[k][0] if k in m else np.nan for k in METRICS], np.float64)
-    return loss.item(), logps.grad.numpy().copy(), metrics, weights, entropy_mask
+    grad_entropy = np.zeros((B, T)) if entropy.grad is None else entropy.grad.numpy().copy()
+    return loss.item(), logps.grad.numpy().copy(), grad_entropy, metrics, weights, entropy_mask
 
 
 def case(loss_type="grpo", level="token", eps_low=0.2, eps_high=0.2, beta=0.0, bias_kl=False, on_policy=False,
          use_sampler=False, is_correction=False, is_mode="sequence_mask", is_min=None, is_max=3.0, opsm=None,
-         top_q=1.0, sapo_pos=1.0, sapo_neg=1.05):  # fmt: skip
+         top_q=1.0, sapo_pos=1.0, sapo_neg=1.05, delta=None, vespo=(2.0, 3.0, 3.0, 2.0), entropy_coef=0.0,
+         adaptive=False, entropy_target=0.2, entropy_coef_delta=0.005, entropy_coef_min=0.0,
+         entropy_coef_max=1.0):  # fmt: skip
     return dict(locals())
 
 
@@ -246,7 +270,51 @@ def all_cases():
         case("sapo", "sequence", 0.2, 0.2, 0.0, False, False, True, True, "sequence_mask", None, 3.0, 0.1, 0.5)
     )
     cases.append(case("grpo", "token", 0.2, 0.28, 0.04, False, True, True, True, "sequence_truncate", 0.5, 2.0, 0.1))
+    # 8. INTELLECT-2's delta: the unclipped ratio clamped from above (token ratios reach ~2.3 here, sequence ones 1.6),
+    #    on the clipped losses; with kl_bias_correction the KL still takes the unclamped ratio.
+    for loss_type, level, dlt, beta in itertools.product(
+        ["grpo", "dapo", "luspo"], ["token", "sequence"], [1.3, 1.5], [0.0, 0.04]
+    ):
+        cases.append(case(loss_type, level, 0.2, 0.28 if dlt == 1.5 else 0.2, beta, beta > 0, delta=dlt))
+    # 9. LUSPO (meant for level 'sequence'; token level is allowed, as TRL), with the corrections.
+    for level, beta, on_policy in itertools.product(["sequence", "token"], [0.0, 0.04], [False, True]):
+        cases.append(case("luspo", level, beta=beta, bias_kl=beta > 0, on_policy=on_policy))
+    everything = ("sequence_mask", 0.1, 5.0, 0.1, 0.5)  # the sampler correction, off-policy mask, entropy selection
+    cases.append(case("luspo", "sequence", 0.2, 0.28, 0.04, True, False, True, True, *everything))
+    # 10. VESPO: TRL's default (k, lambda), a sharper pair; the sampler weights absorbed into w (token modes only);
+    #     with the off-policy mask and entropy selection.
+    for vespo, level, beta in itertools.product([(2.0, 3.0, 3.0, 2.0), (1.0, 0.5, 4.0, 6.0)], ["token", "sequence"],
+                                                [0.0, 0.04]):  # fmt: skip
+        cases.append(case("vespo", level, beta=beta, bias_kl=beta > 0, vespo=vespo))
+    cases.append(case("vespo", on_policy=True, beta=0.04))
+    for mode, (lo, hi) in [("token_truncate", (None, 3.0)), ("token_truncate", (0.5, 2.0)), ("token_mask", (0.5, 2.0))]:
+        cases.append(case("vespo", "token", 0.2, 0.2, 0.04, False, False, True, True, mode, lo, hi))
+    cases.append(case("vespo", "token", 0.2, 0.2, 0.0, False, False, True, False, opsm=0.0, top_q=0.5))
+    # 11. Entropy bonus with a constant coefficient: every aggregation sees the same mean entropy; with entropy
+    #     selection it acts on the selected tokens only; a negative coefficient is a penalty.
+    for loss_type, level, coef, top_q in [
+        ("grpo", "token", 0.01, 1.0), ("dapo", "token", 0.05, 1.0), ("dr_grpo", "sequence", 0.01, 1.0),
+        ("sapo", "token", 0.02, 0.5), ("cispo", "token", 0.01, 0.2), ("vespo", "token", 0.03, 1.0),
+        ("luspo", "sequence", -0.01, 1.0),
+    ]:  # fmt: skip
+        eps_high = 5.0 if loss_type == "cispo" else 0.2
+        cases.append(case(loss_type, level, 0.2, eps_high, 0.04, False, top_q=top_q, entropy_coef=coef))
     return cases
+
+
+def adaptive_goldens(data):
+    """One bare trainer with adaptive entropy control run over ADAPTIVE_SCALES steps (a new trainer's state)."""
+    c = case(**ADAPTIVE, adaptive=True)
+    tr = bare_trainer(c)
+    steps = [trl_case(data, c, tr, scale) for scale in ADAPTIVE_SCALES]
+    return {
+        "adaptive_loss": np.array([s[0] for s in steps]),
+        "adaptive_grad": np.stack([s[1] for s in steps]),
+        "adaptive_grad_entropy": np.stack([s[2] for s in steps]),
+        "adaptive_entropy_coef": np.array([s[3][METRICS.index("entropy_coef")] for s in steps]),
+        "adaptive_scales": np.array(ADAPTIVE_SCALES),
+        **{f"adaptive_cfg_{k}": np.array(v) for k, v in ADAPTIVE.items()},
+    }
 
 
 def trl_advantages(rewards_pg, valid_pg, scale_rewards):
@@ -267,11 +335,12 @@ def trl_advantages(rewards_pg, valid_pg, scale_rewards):
 def main():
     data = make_inputs()
     cases = all_cases()
-    losses, grads, metrics, weights, entropy_masks = [], [], [], [], []
+    losses, grads, grads_entropy, metrics, weights, entropy_masks = [], [], [], [], [], []
     for c in cases:
-        loss, grad, met, w, em = trl_case(data, c)
+        loss, grad, grad_entropy, met, w, em = trl_case(data, c)
         losses.append(loss)
         grads.append(grad)
+        grads_entropy.append(grad_entropy)
         metrics.append(met)
         weights.append(w)
         entropy_masks.append(em)
@@ -306,8 +375,12 @@ def main():
         case_opsm=np.array([nan_if_none(c["opsm"]) for c in cases]),
         case_top_q=col("top_q"),
         case_sapo=np.array([(c["sapo_pos"], c["sapo_neg"]) for c in cases]),
+        case_delta=np.array([nan_if_none(c["delta"]) for c in cases]),
+        case_vespo=np.array([c["vespo"] for c in cases]),
+        case_entropy_coef=col("entropy_coef"),
         loss=np.array(losses),
         grad=np.stack(grads),
+        grad_entropy=np.stack(grads_entropy),  # d loss / d entropy: nonzero only with the entropy bonus
         metric_names=np.array(METRICS),
         metrics=np.stack(metrics),  # NaN where TRL does not log the metric
         is_weights=np.stack(weights),  # TRL's importance_sampling_ratio broadcast to (B, T); NaN without correction
@@ -316,6 +389,7 @@ def main():
         valid_pg=valid_pg,
         **{f"adv_{s}": a for s, a in adv.items()},
         **{f"adv_valid_{s}": a for s, a in adv_valid.items()},
+        **adaptive_goldens(data),
         **data,
     )
     print(f"trl {trl.__version__}: {len(cases)} loss cases -> {OUT} ({os.path.getsize(OUT)} bytes)")
