@@ -164,7 +164,33 @@ def grpo_config() -> ml_collections.ConfigDict:
 
 
 def validate(c, num_devices: int | None = None) -> None:
-    """Every check that can fail before compiling; errors name the field and value."""
+    """Every check that can fail before compiling; errors name the field and value. `validate_shapes`, then what
+    needs the live devices, processes and files: the starting checkpoint, data files."""
+    validate_shapes(c, jax.device_count() if num_devices is None else num_devices)
+    rl = c.rl
+    if rl.sampler_devices and jax.process_count() > 1:
+        raise ValueError(
+            f"rl.sampler_devices={rl.sampler_devices}: a separate sampler mesh is single-process for now "
+            f"({jax.process_count()} processes); use 0 (shared devices) with rl.max_staleness"
+        )
+    for f in tuple(c.data.train_files) + tuple(c.data.eval_files):
+        if not os.path.exists(f):
+            raise ValueError(f"data.train_files/eval_files: no such file {f!r}")
+    if not c.model.checkpoint and not c.tokenizer.path:
+        raise ValueError(
+            "model.checkpoint='': GRPO starts from a base model; pass --config.model.checkpoint=PATH (a stage-0 "
+            "export or a local Hugging Face checkpoint directory)"
+        )
+    if c.model.checkpoint and not os.path.isdir(c.model.checkpoint):
+        raise ValueError(
+            f"model.checkpoint={c.model.checkpoint!r}: no such directory; pass a local checkpoint with "
+            "--config.model.checkpoint=PATH"
+        )
+
+
+def validate_shapes(c, num_devices: int) -> None:
+    """The checks of `validate` that need neither files nor devices: values, and shapes against a mesh of
+    `num_devices` devices (r1jax/compile.py runs these for a TPU topology from any host)."""
     rl, s = c.rl, c.sampling
     if rl.group_size < 2:
         raise ValueError(f"rl.group_size={rl.group_size}: GRPO needs at least 2 samples per prompt")
@@ -200,7 +226,6 @@ def validate(c, num_devices: int | None = None) -> None:
         raise ValueError(f"kernels.implementation={c.kernels.implementation!r}: expected auto | xla | chunked | pallas")
     train_state.validate_optimizer(c.optim)
     validate_checkpoint(c.checkpoint)
-    num_devices = jax.device_count() if num_devices is None else num_devices
     if rl.max_staleness < 0:
         raise ValueError(f"rl.max_staleness={rl.max_staleness}: must be >= 0")
     if rl.sampler_dtype not in SAMPLER_DTYPES:
@@ -210,11 +235,6 @@ def validate(c, num_devices: int | None = None) -> None:
             f"rl.sampler_devices={rl.sampler_devices}: must be in [0, {num_devices}) (the trainer needs a device)"
         )
     if rl.sampler_devices:
-        if jax.process_count() > 1:
-            raise ValueError(
-                f"rl.sampler_devices={rl.sampler_devices}: a separate sampler mesh is single-process for now "
-                f"({jax.process_count()} processes); use 0 (shared devices) with rl.max_staleness"
-            )
         for name, n in (("rl.prompts_per_step", rl.prompts_per_step), ("sampling.num_slots", s.num_slots)):
             if n % rl.sampler_devices:
                 raise ValueError(
@@ -234,9 +254,6 @@ def validate(c, num_devices: int | None = None) -> None:
         raise ValueError(f"sampling.num_slots={s.num_slots}: not divisible by the data-parallel size {dp}")
     if not c.data.train_files:
         rewards_lib.get_task(c.data.task)  # raises naming the task when unknown
-    for f in tuple(c.data.train_files) + tuple(c.data.eval_files):
-        if not os.path.exists(f):
-            raise ValueError(f"data.train_files/eval_files: no such file {f!r}")
     formats.check_format(c.data.format)
     if c.data.levels and c.data.format != "math":
         raise ValueError(f"data.levels={tuple(c.data.levels)}: only format 'math' has levels, not {c.data.format!r}")
@@ -247,16 +264,6 @@ def validate(c, num_devices: int | None = None) -> None:
         raise ValueError("rewards.reward_model='': rewards.general_weights needs a reward model export directory")
     if c.data.num_general and not c.rewards.general_weights:
         raise ValueError(f"data.num_general={c.data.num_general}: general prompts need rewards.general_weights")
-    if not c.model.checkpoint and not c.tokenizer.path:
-        raise ValueError(
-            "model.checkpoint='': GRPO starts from a base model; pass --config.model.checkpoint=PATH (a stage-0 "
-            "export or a local Hugging Face checkpoint directory)"
-        )
-    if c.model.checkpoint and not os.path.isdir(c.model.checkpoint):
-        raise ValueError(
-            f"model.checkpoint={c.model.checkpoint!r}: no such directory; pass a local checkpoint with "
-            "--config.model.checkpoint=PATH"
-        )
 
 
 def model_max_seq_len(mc) -> int | None:
