@@ -147,6 +147,16 @@ def test_a_config_that_cannot_fit_exits_nonzero_naming_program_and_shortfall(one
 
 
 @needs_libtpu
+def test_num_slices_put_the_data_axis_across_slices(one_layer_preset, capsys):
+    """Two v5e:2x2 slices are 8 devices; only 'data' may cross slices, so (1, 8, 1) is refused before compiling."""
+    small = [o for o in SMALL if not o.startswith("--config.mesh")]
+    rc = run(["compile", "--config", R1_ZERO + ":tiny", "--topology", "v5e:2x2", "--num-slices", "2",
+              "--config.mesh.shape=(1,8,1)", *small, "--config.rl.prompts_per_step=8"])
+    assert rc == 2
+    assert "--num-slices=2 the 'data' axis (1) must be a multiple of the slices" in capsys.readouterr().err
+
+
+@needs_libtpu
 @pytest.mark.slow
 def test_compile_every_grpo_program_at_the_qwen_0_5b_head(monkeypatch, tmp_path):
     """All programs of a GRPO step with μ = 2 and β > 0 (update, log-prob pass, rollout, prefill, decode step,
