@@ -20,7 +20,12 @@ def rows(report: dict) -> list[str]:
     out = []
     for p in report["programs"]:
         total = f"{p['total_gib']:.1f}" if "total_gib" in p else "-"
-        fits = "yes" if p["fits"] else ("no (XLA: out of HBM)" if "shortfall_gib" in p else "no")
+        if p["fits"]:
+            fits = "yes"
+        elif p["compiled"]:
+            fits = f"no: {p['shortfall_gib']:.1f} GiB over"
+        else:
+            fits = "no (XLA: out of HBM)" if "HBM" in p.get("error", "") else "no (does not compile)"
         if p["compiled"]:
             bound = f"{p['roofline_s'] * 1e3:.1f} ms"
             tflop = f"{p['flops'] / 1e12:.2f}"

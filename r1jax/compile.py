@@ -162,10 +162,8 @@ def grpo_programs(c, devices) -> tuple[list[Program], Any]:
     programs += rollout_programs("sampler", context, train_cfg, p)
     if c.eval.num_prompts:  # the held-out evaluation samples eval.num_samples of each prompt (evals.Evaluator)
         e = c.eval
-        eval_cfg = train_cfg.replace(num_samples=e.num_samples, temperature=e.temperature, top_p=e.top_p)
-        rows = sharding.data_parallel_size(placement.mesh)
-        eval_p = -(-e.num_prompts // rows) * rows
-        programs += rollout_programs("eval", context, eval_cfg, eval_p, runs=1 / e.every if e.every else 0,
+        eval_cfg = train_cfg.replace(num_samples=e.num_samples, temperature=e.temperature, top_p=e.top_p, top_k=0)
+        programs += rollout_programs("eval", context, eval_cfg, e.num_prompts, runs=1 / e.every if e.every else 0,
                                      parts=False)
     return programs, mesh
 
