@@ -1,4 +1,4 @@
-"""The `r1jax` command: train | eval | demo | pipeline | sweep | results.
+"""The `r1jax` command: train | eval | demo | pipeline | sweep | results | compile.
 
     r1jax train --config experiments/r1_zero.py:tiny --workdir /tmp/r1z [--config.rl.group_size=8 ...]
     r1jax eval  --config experiments/eval.py:tiny --workdir /tmp/ev --config.model.checkpoint=/tmp/r1z/model
@@ -6,6 +6,8 @@
     r1jax pipeline --config experiments/pipeline.py:tiny --workdir /tmp/r1
     r1jax sweep --config experiments/r1_zero.py:tiny --workdir /tmp/sw [--print-launch tpu --tpu-name N --zone Z]
     r1jax results --workdir /tmp/sw                  # final metrics of each run of a sweep, one Markdown table
+    r1jax compile --config experiments/r1_zero.py:qwen2.5-0.5b --topology v5e:2x2 --config.mesh.shape='(1,4,1)'
+                                                     # compile a stage's programs for a TPU topology (libtpu, no TPU)
 
 An experiment file defines `get_config(arg)` and names what runs it in `ENTRY` ('module:function'); `--config.a.b=v`
 overrides any declared field (configs are locked, so a typo fails before anything compiles).
@@ -24,7 +26,7 @@ import logging
 import os
 import sys
 
-COMMANDS = ("train", "eval", "demo", "pipeline", "sweep", "results")
+COMMANDS = ("train", "eval", "demo", "pipeline", "sweep", "results", "compile")
 
 
 # `r1jax demo --variant`: the arg appended to each demo stage's experiment file (experiments/pretrain.py, r1_zero.py).
@@ -36,6 +38,18 @@ def _parser(command: str) -> argparse.ArgumentParser:
     if command == "results":
         p.add_argument("--workdir", required=True, help="the sweep's directory")
         p.add_argument("--keys", default="", help="comma-separated metric names (default: the headline ones)")
+        return p
+    if command == "compile":
+        from r1jax.compile import KERNELS
+
+        p.add_argument("--config", required=True, help="experiment file and arg")
+        p.add_argument("--topology", required=True, help="TPU topology, e.g. v5e:2x2, v5p:2x4x4, v6e:4x4")
+        p.add_argument("--num-slices", type=int, default=1, help="slices (the mesh's 'data' axis spans them)")
+        p.add_argument("--json", default="", help="also write the report here")
+        p.add_argument("--programs", default="", help="compile only the programs whose names start with these "
+                       "(comma-separated, e.g. grpo_update,policy_logps); default: all of the stage's")
+        p.add_argument("--kernels", default=KERNELS, choices=("chunked", "xla", "pallas", "auto"),
+                       help=f"kernels.implementation to compile with (default {KERNELS!r})")
         return p
     needs_config = command in ("train", "eval", "pipeline")
     p.add_argument("--config", required=needs_config, help="experiment file and arg, e.g. experiments/r1_zero.py:tiny")
@@ -91,6 +105,10 @@ def run(argv=None) -> int:
     args = _parser(command).parse_args(rest)
     if command in ("sweep", "results"):
         return run_sweep_command(command, args, overrides)
+    if command == "compile":  # compile-only: no jax.distributed, no live devices
+        from r1jax import compile as compile_lib
+
+        return compile_lib.main(args, overrides)
     from r1jax import distributed
 
     # Before anything touches a device: jax.distributed must come first in every process of a multi-host run.

@@ -444,13 +444,21 @@ class SamplerPlacement:
         params = params if self.shardings is None else jax.device_put(params, self.shardings)
         return jax.block_until_ready(params)  # copied before an update donates the trainer's buffers
 
+    def abstract(self, params):
+        """What `__call__` returns, as ShapeDtypeStructs, for the trainer's parameters as ShapeDtypeStructs with
+        shardings (r1jax/compile.py: nothing is allocated or placed)."""
+        dtype = lambda x: x.dtype if self.dtype is None else self.dtype
+        shardings = jax.tree.map(lambda x: x.sharding, params) if self.shardings is None else self.shardings
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, dtype(x), sharding=s), params, shardings)
 
-def sampler_placement(c, model, graphdef, mesh) -> SamplerPlacement:
+
+def sampler_placement(c, model, graphdef, mesh, devices=None) -> SamplerPlacement:
     """The sampler's placement from a GRPO config: `rl.sampler_devices` > 0 puts it on the last N devices (a
     data-parallel mesh of its own; the trainer's `mesh` holds the others), `rl.sampler_dtype` sets its precision,
     and `rl.max_staleness` > 0 (sampling while the trainer updates) needs a copy even on shared devices.
     `graphdef` is the trainer's; the logical axes of `model`'s NNX state shard the parameters on the sampler's
-    mesh."""
+    mesh. `devices`: all the run's devices (default `jax.devices()`; abstract ones when compiling for a topology);
+    `model` may be abstract (`nnx.eval_shape`)."""
     rl = c.rl
     dtype = jnp.dtype(rl.sampler_dtype) if rl.sampler_dtype else None
     if dtype == jnp.dtype(model.cfg.param_dtype) and dtype == jnp.dtype(model.cfg.dtype):
@@ -459,7 +467,8 @@ def sampler_placement(c, model, graphdef, mesh) -> SamplerPlacement:
         cfg = dataclasses.replace(model.cfg, dtype=str(dtype), param_dtype=str(dtype))
         graphdef = nnx.split(nnx.eval_shape(lambda: type(model)(cfg, rngs=nnx.Rngs(params=0))))[0]
     if rl.sampler_devices:
-        sampler_mesh = sharding.make_mesh((-1, 1, 1), devices=jax.devices()[-rl.sampler_devices :])
+        devices = jax.devices() if devices is None else list(devices)
+        sampler_mesh = sharding.make_mesh((-1, 1, 1), devices=devices[-rl.sampler_devices :])
         shardings = sharding.param_shardings(nnx.state(model), sampler_mesh)
         return SamplerPlacement(graphdef, sampler_mesh, shardings, dtype, copy=True)
     return SamplerPlacement(graphdef, mesh, None, dtype, copy=dtype is not None or rl.max_staleness > 0)

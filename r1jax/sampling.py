@@ -321,7 +321,7 @@ def _model_ids(tokens, mask):
     return jnp.where(mask, tokens, 0)
 
 
-def _prefill(model, prompt_tokens_pt, prompt_mask_pt, config: SamplingConfig, mesh):
+def prefill(model, prompt_tokens_pt, prompt_mask_pt, config: SamplingConfig, mesh):
     """KV cache and next-token logits for all P * G rows, prefilling once per prompt unless share_prefill=False."""
     g = config.num_samples
     size = prompt_tokens_pt.shape[1] + config.max_new_tokens
@@ -341,7 +341,7 @@ def _rollout(graphdef, params, prompt_tokens_pt, prompt_mask_pt, budget_b, rng, 
     model = nnx.merge(graphdef, params)
     p, g, t_new = prompt_tokens_pt.shape[0], config.num_samples, config.max_new_tokens
     b = p * g
-    cache, logits_bv = _prefill(model, prompt_tokens_pt, prompt_mask_pt, config, mesh)
+    cache, logits_bv = prefill(model, prompt_tokens_pt, prompt_mask_pt, config, mesh)
     keys_b = _shard_rows(row_keys(rng, b), mesh)
     k_stop = max((len(s) for s in config.stop_sequences), default=1)
 
@@ -389,8 +389,7 @@ def _rollout(graphdef, params, prompt_tokens_pt, prompt_mask_pt, budget_b, rng, 
         return (state["t"] < t_new) & ~jnp.all(state["done_b"])
 
     def body(state):
-        hidden_b1d, cache = model(state["last_b"][:, None], cache=state["cache"])
-        logits_bv = model.logits(hidden_b1d[:, 0])
+        logits_bv, cache = decode_logits(model, state["last_b"], state["cache"])
         tokens_b, logps_b = select_tokens(logits_bv, _step_keys(keys_b, state["t"]), config)
         return record(dict(state, cache=cache), tokens_b, logps_b)
 
@@ -406,6 +405,13 @@ def _rollout(graphdef, params, prompt_tokens_pt, prompt_mask_pt, budget_b, rng, 
         truncated_b=~state["stopped_b"],
         logps_kind=config.logps_kind,
     )
+
+
+def decode_logits(model, last_b, cache: KVCache):
+    """One static decode step's forward: each row's last token at the cache's shared index -> (f32 logits (B, V),
+    cache). The body of the static decode loop; r1jax/compile.py compiles it alone for the per-token roofline."""
+    hidden_b1d, cache = model(last_b[:, None], cache=cache)
+    return model.logits(hidden_b1d[:, 0]), cache
 
 
 def _decode_step_per_row(model, tokens_n, feed_n, cache: KVCache, index_n):
@@ -572,6 +578,13 @@ _rollout_jit = jax.jit(_rollout, static_argnames=("graphdef", "config", "mesh"))
 _rollout_continuous_jit = jax.jit(_rollout_continuous, static_argnames=("graphdef", "config", "mesh"))
 
 
+def rollout_program(config: SamplingConfig):
+    """(the jitted rollout `sample` runs for `config`, the config it is traced with): host-only fields are reset so
+    that they do not key the compilation cache. r1jax/compile.py compiles the same program from abstract inputs."""
+    traced_config = config.replace(prompt_bucket=1, completion_bucket=0, bucket_mode="pow2")
+    return (_rollout_continuous_jit if config.scheduler == "continuous" else _rollout_jit), traced_config
+
+
 def num_compilations() -> int:
     """How many (shape, config) variants of the rollout have been traced in this process."""
     return TRACE_COUNTS["rollout"]
@@ -633,9 +646,7 @@ def sample(
             (tokens_pt, mask_pt, budget_b), (sharding, sharding, sharding)
         )
         rng = distributed.host_to_global(rng, NamedSharding(mesh, PS()))
-    # Host-only fields are reset so that they do not key the compilation cache.
-    traced_config = config.replace(prompt_bucket=1, completion_bucket=0, bucket_mode="pow2")
-    rollout_fn = _rollout_continuous_jit if config.scheduler == "continuous" else _rollout_jit
+    rollout_fn, traced_config = rollout_program(config)
     rollout = rollout_fn(graphdef, params, tokens_pt, mask_pt, budget_b, rng, config=traced_config, mesh=mesh)
     if config.completion_bucket:
         rollout = trim_completions(rollout, config)

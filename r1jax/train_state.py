@@ -8,6 +8,7 @@ below `rollouts.py` and `evals.py`, which build steps and load models with it; t
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -18,7 +19,7 @@ from flax import nnx, struct
 
 from r1jax import checkpoint as ckpt_lib
 from r1jax import sharding
-from r1jax.models import Transformer, get_preset, init_model
+from r1jax.models import Transformer, config_from_hf, get_preset, init_model
 from r1jax.tokenizer import load_tokenizer
 
 
@@ -164,12 +165,7 @@ def create_train_state(model: Transformer, optimizer, mesh, seed: int):
     p_shard = sharding.param_shardings(nnx_state, mesh)
     params = jax.device_put(params, p_shard)
     rep = sharding.replicated(mesh)
-    # Moments are zeros_like(params) and keep their shardings; scalars (step counts) are replicated on the mesh,
-    # so that the state the step returns has exactly the shardings it was given (no second compilation).
-    opt_state = jax.jit(optimizer.init)(params)
-    opt_state = jax.tree.map(
-        lambda x: x if isinstance(x.sharding, jax.sharding.NamedSharding) else jax.device_put(x, rep), opt_state
-    )
+    opt_state = jax.jit(optimizer.init, out_shardings=opt_state_shardings(optimizer, params, p_shard, rep))(params)
     state = TrainState(
         step=jax.device_put(jnp.zeros((), jnp.int32), rep),
         params=params,
@@ -180,6 +176,50 @@ def create_train_state(model: Transformer, optimizer, mesh, seed: int):
     )
     shardings = jax.tree.map(lambda x: x.sharding, state)
     return graphdef, state, shardings
+
+
+def opt_state_shardings(optimizer, params, param_shardings, replicated):
+    """Shardings of `optimizer.init(params)`: each moment like its parameter (sharded as the parameter is, not
+    replicated: `zeros_like` under jit does not inherit its input's sharding, so it is given explicitly), everything
+    else (step counts) replicated, so the state the step returns has exactly the shardings it was given."""
+    return optax.tree_map_params(
+        optimizer, lambda _, s: s, jax.eval_shape(optimizer.init, params), param_shardings,
+        transform_non_params=lambda _: replicated,
+    )
+
+
+def model_shape_config(c, tokenizer_vocab: int | None = None):
+    """The ModelConfig a run of model config block `c` trains, from config files alone (no weights): the checkpoint's
+    config.json when `c.checkpoint` has one, else the preset (whose vocabulary stands in for a tokenizer's)."""
+    overrides = dict(dtype=c.dtype, param_dtype=c.param_dtype, remat=c.remat)
+    path = os.path.join(c.checkpoint, "config.json") if c.checkpoint else ""
+    if path and os.path.exists(path):
+        with open(path) as f:
+            return config_from_hf(json.load(f)).replace(**overrides)
+    if tokenizer_vocab is not None:
+        overrides["vocab_size"] = tokenizer_vocab
+    return get_preset(c.preset, **overrides)
+
+
+def abstract_train_state(cfg, optimizer, mesh):
+    """(graphdef, TrainState of ShapeDtypeStructs, its shardings): what `create_train_state` returns for a model of
+    shape `cfg`, with the same shardings, from `eval_shape` alone: nothing is allocated and `mesh` may hold
+    abstract devices (a TPU topology on a CPU host, r1jax/compile.py)."""
+    model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(params=0)))
+    graphdef, params, nnx_state = split_model(model)
+    p_shard = sharding.param_shardings(nnx_state, mesh)
+    rep = sharding.replicated(mesh)
+    sds = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+    params = jax.tree.map(sds, params, p_shard)
+    opt_shapes = jax.eval_shape(optimizer.init, params)
+    opt_state = jax.tree.map(sds, opt_shapes, opt_state_shardings(optimizer, params, p_shard, rep))
+    scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
+    key = jax.eval_shape(lambda: jax.random.key_data(jax.random.PRNGKey(0)))
+    state = TrainState(
+        step=scalar, params=params, opt_state=opt_state, rng=sds(key, rep), nonfinite_consecutive=scalar,
+        nonfinite_total=scalar,
+    )
+    return graphdef, state, jax.tree.map(lambda x: x.sharding, state)
 
 
 def abstract_state(state: TrainState, shardings):

@@ -10,6 +10,10 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
+# Where libtpu is installed (compile-only TPU tests, tests/test_compile.py), every process that loads it takes a host
+# lockfile; parallel test workers would refuse each other without this.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
 # The suite compiles far more than it runs (hundreds of small programs, each run a few times), so XLA:CPU's code
 # generation is set to LLVM's cheapest optimisation level, here and in every child process, whose environment starts
 # from this one. The HLO passes and fusions are the same; results agree to float32 rounding, not bit for bit (a

@@ -10,7 +10,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # Higher number = higher layer. A module may import its own layer or lower ones.
 LAYERS = {
-    "r1jax.main": 6, "r1jax.pipeline": 6, "r1jax.demo": 6, "r1jax.sweep": 6,
+    "r1jax.main": 6, "r1jax.compile": 6, "r1jax.pipeline": 6, "r1jax.demo": 6, "r1jax.sweep": 6,
     "r1jax.trainers": 5,
     "r1jax.evals": 4,
     "r1jax.rollouts": 3,

@@ -197,12 +197,10 @@ def validate_rl(c) -> None:
 
 
 def validate_data(c) -> None:
-    """The `data` and `rewards` fields' checks: the task or files exist, their format, the general prompts' rewards."""
+    """The `data` and `rewards` fields' checks that need no files: the task, the format, the general prompts'
+    rewards."""
     if not c.data.train_files:
         rewards_lib.get_task(c.data.task)  # raises naming the task when unknown
-    for f in tuple(c.data.train_files) + tuple(c.data.eval_files):
-        if not os.path.exists(f):
-            raise ValueError(f"data.train_files/eval_files: no such file {f!r}")
     formats.check_format(c.data.format)
     if c.data.levels and c.data.format != "math":
         raise ValueError(f"data.levels={tuple(c.data.levels)}: only format 'math' has levels, not {c.data.format!r}")
@@ -216,7 +214,33 @@ def validate_data(c) -> None:
 
 
 def validate(c, num_devices: int | None = None) -> None:
-    """Every check that can fail before compiling; errors name the field and value."""
+    """Every check that can fail before compiling; errors name the field and value. `validate_shapes`, then what
+    needs the live devices, processes and files: the starting checkpoint, data files."""
+    validate_shapes(c, jax.device_count() if num_devices is None else num_devices)
+    rl = c.rl
+    if rl.sampler_devices and jax.process_count() > 1:
+        raise ValueError(
+            f"rl.sampler_devices={rl.sampler_devices}: a separate sampler mesh is single-process for now "
+            f"({jax.process_count()} processes); use 0 (shared devices) with rl.max_staleness"
+        )
+    for f in tuple(c.data.train_files) + tuple(c.data.eval_files):
+        if not os.path.exists(f):
+            raise ValueError(f"data.train_files/eval_files: no such file {f!r}")
+    if not c.model.checkpoint and not c.tokenizer.path:
+        raise ValueError(
+            "model.checkpoint='': GRPO starts from a base model; pass --config.model.checkpoint=PATH (a stage-0 "
+            "export or a local Hugging Face checkpoint directory)"
+        )
+    if c.model.checkpoint and not os.path.isdir(c.model.checkpoint):
+        raise ValueError(
+            f"model.checkpoint={c.model.checkpoint!r}: no such directory; pass a local checkpoint with "
+            "--config.model.checkpoint=PATH"
+        )
+
+
+def validate_shapes(c, num_devices: int) -> None:
+    """The checks of `validate` that need neither files nor devices: values, and shapes against a mesh of
+    `num_devices` devices (r1jax/compile.py runs these for a TPU topology from any host)."""
     rl, s = c.rl, c.sampling
     validate_rl(c)
     if s.temperature <= 0:
@@ -242,7 +266,6 @@ def validate(c, num_devices: int | None = None) -> None:
         raise ValueError(f"kernels.implementation={c.kernels.implementation!r}: expected auto | xla | chunked | pallas")
     train_state.validate_optimizer(c.optim)
     validate_checkpoint(c.checkpoint)
-    num_devices = jax.device_count() if num_devices is None else num_devices
     if rl.max_staleness < 0:
         raise ValueError(f"rl.max_staleness={rl.max_staleness}: must be >= 0")
     if rl.sampler_dtype not in SAMPLER_DTYPES:
@@ -252,11 +275,6 @@ def validate(c, num_devices: int | None = None) -> None:
             f"rl.sampler_devices={rl.sampler_devices}: must be in [0, {num_devices}) (the trainer needs a device)"
         )
     if rl.sampler_devices:
-        if jax.process_count() > 1:
-            raise ValueError(
-                f"rl.sampler_devices={rl.sampler_devices}: a separate sampler mesh is single-process for now "
-                f"({jax.process_count()} processes); use 0 (shared devices) with rl.max_staleness"
-            )
         for name, n in (("rl.prompts_per_step", rl.prompts_per_step), ("sampling.num_slots", s.num_slots)):
             if n % rl.sampler_devices:
                 raise ValueError(
@@ -275,16 +293,6 @@ def validate(c, num_devices: int | None = None) -> None:
     if s.scheduler == "continuous" and min(s.num_slots or batch, batch) % dp:
         raise ValueError(f"sampling.num_slots={s.num_slots}: not divisible by the data-parallel size {dp}")
     validate_data(c)
-    if not c.model.checkpoint and not c.tokenizer.path:
-        raise ValueError(
-            "model.checkpoint='': GRPO starts from a base model; pass --config.model.checkpoint=PATH (a stage-0 "
-            "export or a local Hugging Face checkpoint directory)"
-        )
-    if c.model.checkpoint and not os.path.isdir(c.model.checkpoint):
-        raise ValueError(
-            f"model.checkpoint={c.model.checkpoint!r}: no such directory; pass a local checkpoint with "
-            "--config.model.checkpoint=PATH"
-        )
 
 
 def model_max_seq_len(mc) -> int | None:

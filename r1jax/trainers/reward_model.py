@@ -201,9 +201,8 @@ def create_state(model, head, optimizer, mesh, seed: int):
     rep = sharding.replicated(mesh)
     p_shard = {"backbone": sharding.param_shardings(nnx_state, mesh), "head": {"w": rep, "b": rep}}
     params = jax.device_put({"backbone": backbone, "head": head}, p_shard)
-    opt_state = jax.jit(optimizer.init)(params)
-    opt_state = jax.tree.map(
-        lambda x: x if isinstance(x.sharding, jax.sharding.NamedSharding) else jax.device_put(x, rep), opt_state
+    opt_state = jax.jit(optimizer.init, out_shardings=train_state.opt_state_shardings(optimizer, params, p_shard, rep))(
+        params
     )
     scalar = lambda v: jax.device_put(jnp.asarray(v, jnp.int32), rep)
     state = train_state.TrainState(
