@@ -41,9 +41,9 @@ from r1jax.models import KVCache, Transformer
 from r1jax.trainers import grpo_config
 
 # The kernel implementation the programs are compiled with (config field kernels.implementation is replaced by it).
-# 'chunked' until the Pallas calls sit in shard_map: XLA cannot partition a Mosaic kernel, so 'pallas' (and 'auto'
-# on a TPU) does not compile on a mesh of more than one chip. `r1jax compile --kernels` changes it per run.
-KERNELS = "chunked"
+# 'auto' resolves from the target mesh's devices (r1jax.kernels: the Mosaic kernels on a TPU, inside shard_map), as
+# the run on the pod would. `r1jax compile --kernels chunked` compiles the portable blockwise path instead.
+KERNELS = "auto"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -126,7 +126,8 @@ def test_compile_grpo_update_for_v5e_writes_the_report(one_layer_preset, tmp_pat
     assert row["name"] == "grpo_update" and row["compiled"] and row["fits"]
     assert row["total_gib"] >= row["argument_gib"] + row["temp_gib"] > 0
     assert row["flops"] > 0 and row["roofline_s"] > 0 and row["compile_s"] > 0
-    assert row["mosaic_calls"] == 0  # kernels 'chunked': plain XLA, no Mosaic custom call
+    # kernels 'auto' on a TPU target: the Mosaic kernels inside shard_map (3 calls: the value, dh and dW passes)
+    assert row["mosaic_calls"] > 0
     assert "grpo_update" in printed
 
 
