@@ -294,6 +294,19 @@ def first_stop(tokens, eos_id, stop_sequences):
     return None
 
 
+def test_stop_rule_on_given_tokens():
+    """The one stop rule of both engines, on given tails and tokens: EOS and a completed stop sequence stop a sample
+    (and end it); reaching its budget ends it without stopping it (it is then `truncated`)."""
+    config = SamplingConfig(eos_id=9, stop_sequences=((3, 4), (7,)))
+    tail_nk = jnp.asarray([[-1, 3], [-1, 3], [-1, 5], [-1, 1], [-1, 1], [3, 4]], jnp.int32)
+    tokens_n = jnp.asarray([4, 5, 9, 7, 2, 2], jnp.int32)
+    step_n, budget_n = jnp.asarray([0, 0, 0, 0, 4, 1]), jnp.asarray([8, 8, 8, 8, 5, 8])
+    tail_nk, stopped_n, ends_n = sampling.decode.stop_rule(tail_nk, tokens_n, step_n, budget_n, config)
+    assert tail_nk.tolist() == [[3, 4], [3, 5], [5, 9], [1, 7], [1, 2], [4, 2]]
+    assert stopped_n.tolist() == [True, False, True, True, False, False]
+    assert ends_n.tolist() == [True, False, True, True, True, False]
+
+
 @schedulers
 def test_stop_sequences_eos_masks_and_lengths(model, scheduler):
     rng = jax.random.key(11)

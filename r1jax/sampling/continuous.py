@@ -150,8 +150,8 @@ def rollout_continuous(
     record = functools.partial(
         _sample_and_record, prompt_logits_pv=prompt_logits_pv, keys_b=keys_b, budget_b=budget_b, config=config
     )
-    slots = shard_rows(KVCache.init(model.cfg, n, tp + config.max_new_tokens), mesh)
-    state = refill(DecodeState.init(slots, b, config, slots=True))
+    slot_cache = shard_rows(KVCache.init(model.cfg, n, tp + config.max_new_tokens), mesh)
+    state = refill(DecodeState.init(slot_cache, b, config, slots=True))
     state = refill(record(state, jnp.zeros((n, prompt_logits_pv.shape[1]), jnp.float32)))
 
     def body(state):
