@@ -195,7 +195,7 @@ def rollout_programs(name, context, config, num_prompts, runs=1.0, parts=True):
     if not parts:
         return out
     graphdef = placement.graphdef
-    prefill = jax.jit(lambda prm, t, m: sampling.prefill(nnx.merge(graphdef, prm), t, m, traced, mesh))
+    prefill = jax.jit(lambda prm, t, m: sampling.decode.prefill(nnx.merge(graphdef, prm), t, m, traced, mesh))
     out.append(Program(f"{name}_prefill", prefill, args[1:4], {}, resident, runs, "sampler"))
     slots = min(config.num_slots or b, b) if config.scheduler == "continuous" else b
     cache = jax.eval_shape(lambda: KVCache.init(model_cfg, slots, tp + config.max_new_tokens))

@@ -35,6 +35,7 @@ from r1jax import distributed, grpo, losses, sampling, sharding, train_state
 from r1jax import rewards as rewards_lib
 from r1jax.data import formats, preferences, provenance
 from r1jax.data.sources import PromptFields
+from r1jax.models import logprobs
 from r1jax.tokenizer import apply_template
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -327,10 +328,11 @@ def step_metrics(m, reward_stats: dict, summary: BatchSummary, num_rounds: int, 
 def completion_logps(
     graphdef, params, batch, *, temperature, implementation, entropy=False, group_size=1, mesh=None
 ):
-    """log π(token) of each completion token (B, Tc), through the sampler's own code path; `group_size` G > 1
-    runs each group's shared prompt once (`sampling.sequence_logps`); `mesh`: the step's mesh (the kernel's
-    implementation follows its devices, and Pallas kernels run in shard_map over it)."""
-    return sampling.sequence_logps(
+    """log π(token) of each completion token (B, Tc), through the policy's log-prob forward (the one the sampler's
+    log-probs are checked against); `group_size` G > 1 runs each group's shared prompt once
+    (`logprobs.sequence_logps`); `mesh`: the step's mesh (the kernel's implementation follows its devices, and
+    Pallas kernels run in shard_map over it)."""
+    return logprobs.sequence_logps(
         nnx.merge(graphdef, params), batch["tokens_bs"], batch["mask_bs"], batch["completion_bt"],
         temperature=temperature, implementation=implementation, return_entropy=entropy, group_size=group_size,
         mesh=mesh,

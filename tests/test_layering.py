@@ -1,7 +1,9 @@
 """The import structure DESIGN.md draws: experiments → main / pipeline / demo → trainers → evals → rollouts →
 sampling, rewards, data → models, kernels, grpo, checkpoint, sharding (and the small shared modules). Module-level
 imports only point down a layer or sideways inside one, `r1jax.data` never imports `r1jax.rewards`, and nothing
-imports r1jax inside a function (a circle in disguise), except the CLI's lazy start-up."""
+imports r1jax inside a function (a circle in disguise), except the CLI's lazy start-up. Inside `r1jax.sampling` the
+modules form their own ladder (PACKAGE_ORDER), and the policy's log-prob forward (`r1jax.models.logprobs`) sits
+with the model, below the sampler that is checked against it."""
 
 import ast
 import pathlib
@@ -82,7 +84,41 @@ def test_no_r1jax_imports_inside_functions():
     assert not bad, bad
 
 
+# A package split like kernels/ into an api, engines and shared pieces: its modules, bottom rung first. A module
+# imports only from lower rungs (not sideways: the two engines share decode.py, not each other), and every module
+# of the package has a rung.
+PACKAGE_ORDER = {
+    "r1jax.sampling": [
+        ("config",), ("select", "padding"), ("decode",), ("static", "continuous", "reference"), ("api",),
+    ],
+}
+
+
+def ladder_violations(package: str, imports: dict[str, list[str]]) -> list[str]:
+    rung = {f"{package}.{m}": i for i, names in enumerate(PACKAGE_ORDER[package]) for m in names}
+    bad = []
+    for name, targets in imports.items():
+        for target in targets:
+            hit = [m for m in rung if target == m or target.startswith(m + ".")]
+            if hit and rung[hit[0]] >= rung[name]:
+                bad.append(f"{name} -> {target}")
+    return bad
+
+
+def test_package_modules_import_down_their_ladder():
+    for package, rungs in PACKAGE_ORDER.items():
+        members = {name: list(r1jax_imports(tree, top_level=True)) for name, tree in modules()
+                   if name.startswith(package + ".")}
+        assert sorted(members) == sorted(f"{package}.{m}" for names in rungs for m in names)
+        assert not ladder_violations(package, members)
+    assert ladder_violations("r1jax.sampling", {"r1jax.sampling.static": ["r1jax.sampling.continuous.rollout"],
+                                                "r1jax.sampling.select": ["r1jax.sampling.config.Rollout"]}) == [
+        "r1jax.sampling.static -> r1jax.sampling.continuous.rollout"]
+
+
 def test_the_check_sees_an_upward_import():
     tree = ast.parse("from r1jax.trainers import grpo\nfrom r1jax import rollouts\n")
     assert [t for t in r1jax_imports(tree, top_level=True) if layer(t) > layer("r1jax.data.sources")] == [
         "r1jax.trainers.grpo", "r1jax.rollouts"]
+    tree = ast.parse("from r1jax.sampling.config import Rollout\n")  # the model layer must not reach the sampler
+    assert [layer(t) > layer("r1jax.models.logprobs") for t in r1jax_imports(tree, top_level=True)] == [True]

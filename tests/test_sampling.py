@@ -19,7 +19,7 @@ import scipy.stats
 from flax import nnx
 
 from r1jax import sampling
-from r1jax.models import get_preset, init_model
+from r1jax.models import KVCache, get_preset, init_model, logprobs
 from r1jax.sampling import Rollout, SamplingConfig
 
 VOCAB = 48
@@ -52,9 +52,9 @@ def model():
 def oracle_logps(model, rollout, temperature=1.0):
     """The float64 oracle of a rollout's completion log-probs (numerics.py), and the float32 no-cache recompute
     beside it: the reference that sets how far a float32 evaluation may be from the oracle on this CPU."""
-    recomputed = np.asarray(sampling.completion_logps(model, None, rollout, temperature=temperature))
+    recomputed = np.asarray(logprobs.completion_logps(model, None, rollout, temperature=temperature))
     with jax.enable_x64(True):
-        oracle = sampling.completion_logps(numerics.f64_model(model), None, rollout, temperature=temperature)
+        oracle = logprobs.completion_logps(numerics.f64_model(model), None, rollout, temperature=temperature)
     return recomputed, np.asarray(oracle)
 
 
@@ -154,7 +154,7 @@ def test_shared_prompt_forward_equals_the_plain_one(model, remat):
     weights_bt = jnp.asarray(rng.normal(size=comp_bt.shape), jnp.float32)
 
     def loss(graphdef, params, group_size, implementation="auto"):
-        logps, ent = sampling.sequence_logps(
+        logps, ent = logprobs.sequence_logps(
             nnx.merge(graphdef, params), tokens_bs, mask_bs, comp_bt, return_entropy=True, group_size=group_size,
             implementation=implementation,
         )
@@ -176,7 +176,7 @@ def test_shared_prompt_forward_equals_the_plain_one(model, remat):
     numerics.assert_as_accurate(vg, v1, v64, err_msg="loss")
     numerics.assert_trees_as_accurate(gg, g1, g64)
     with pytest.raises(ValueError, match="group_size=4"):
-        sampling.sequence_logps(m, tokens_bs, mask_bs, comp_bt, group_size=4)
+        logprobs.sequence_logps(m, tokens_bs, mask_bs, comp_bt, group_size=4)
 
 
 # ------------------------------------------------------------------------------------------------ token selection
@@ -274,7 +274,7 @@ def test_sampler_logps_equal_completion_logps(model, temperature, scheduler):
     graphdef, params = nnx.split(model)
     r = sampling.sample(graphdef, params, PROMPTS, jax.random.key(1), config)
     assert r.logps_kind == ("raw" if temperature == 1.0 else "tempered")
-    recomputed = jax.jit(sampling.completion_logps, static_argnums=0, static_argnames="temperature")(
+    recomputed = jax.jit(logprobs.completion_logps, static_argnums=0, static_argnames="temperature")(
         graphdef, params, r, temperature=temperature
     )
     mask = np.asarray(r.completion_mask_bt)
@@ -282,7 +282,7 @@ def test_sampler_logps_equal_completion_logps(model, temperature, scheduler):
     # Against the float64 oracle at the same temperature: logits / T carry 1/T times the rounding of the forward,
     # which the float32 recompute's own error measures.
     with jax.enable_x64(True):
-        oracle = sampling.completion_logps(numerics.f64_model(model), None, r, temperature=temperature)
+        oracle = logprobs.completion_logps(numerics.f64_model(model), None, r, temperature=temperature)
     assert_logps_accurate(r, np.asarray(recomputed), np.asarray(oracle))
 
 
@@ -292,6 +292,19 @@ def first_stop(tokens, eos_id, stop_sequences):
         if tok == eos_id or any(tuple(tokens[t + 1 - len(s) : t + 1]) == s for s in stop_sequences if t + 1 >= len(s)):
             return t
     return None
+
+
+def test_stop_rule_on_given_tokens():
+    """The one stop rule of both engines, on given tails and tokens: EOS and a completed stop sequence stop a sample
+    (and end it); reaching its budget ends it without stopping it (it is then `truncated`)."""
+    config = SamplingConfig(eos_id=9, stop_sequences=((3, 4), (7,)))
+    tail_nk = jnp.asarray([[-1, 3], [-1, 3], [-1, 5], [-1, 1], [-1, 1], [3, 4]], jnp.int32)
+    tokens_n = jnp.asarray([4, 5, 9, 7, 2, 2], jnp.int32)
+    step_n, budget_n = jnp.asarray([0, 0, 0, 0, 4, 1]), jnp.asarray([8, 8, 8, 8, 5, 8])
+    tail_nk, stopped_n, ends_n = sampling.decode.stop_rule(tail_nk, tokens_n, step_n, budget_n, config)
+    assert tail_nk.tolist() == [[3, 4], [3, 5], [5, 9], [1, 7], [1, 2], [4, 2]]
+    assert stopped_n.tolist() == [True, False, True, True, False, False]
+    assert ends_n.tolist() == [True, False, True, True, True, False]
 
 
 @schedulers
@@ -407,7 +420,7 @@ def test_kv_cache_bytes_bounded_by_slots():
     cfg = tiny_model().cfg
     config = SamplingConfig(num_samples=8, max_new_tokens=100, scheduler="continuous", num_slots=6)
     got = sampling.kv_cache_bytes(cfg, config, num_prompts=4, prompt_len=28)
-    cache = sampling.KVCache.init(cfg, 6, 128)
+    cache = KVCache.init(cfg, 6, 128)
     assert got["decode"] == sum(x.nbytes for x in jax.tree.leaves(cache) if x.ndim > 1)
     static = sampling.kv_cache_bytes(cfg, config.replace(scheduler="static", num_slots=0), 4, 28)
     assert static["decode"] == got["decode"] * 32 // 6

@@ -127,7 +127,7 @@ def main():
     # prefill FLOPs, shared vs per copy
     def prefill_flops(share):
         fn = jax.jit(
-            lambda prm, tok, msk: sampling.prefill(
+            lambda prm, tok, msk: sampling.decode.prefill(
                 nnx.merge(graphdef, prm), tok, msk, config.replace(share_prefill=share), None
             )
         )

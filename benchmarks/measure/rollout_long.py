@@ -118,7 +118,7 @@ def prefill_logits(graphdef, params, tokens_pt, mask_pt, config):
 
     from r1jax import sampling
 
-    fn = jax.jit(lambda prm, t, m: sampling.prefill(nnx.merge(graphdef, prm), t, m, config, None)[1])
+    fn = jax.jit(lambda prm, t, m: sampling.decode.prefill(nnx.merge(graphdef, prm), t, m, config, None)[1])
     return fn(params, tokens_pt, mask_pt)
 
 

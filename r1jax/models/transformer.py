@@ -252,7 +252,7 @@ class Transformer(nnx.Module):
         up to their own.
 
         `remat` (default: `cfg.remat` without a cache, off with one) recomputes each block in the backward pass. A
-        training forward through a cache (`r1jax.sampling.sequence_logps` with a group size) turns it on; sampling
+        training forward through a cache (`logprobs.sequence_logps` with a group size) turns it on; sampling
         must not (under the decode loop's trace a lifted transform may not touch the captured parameters).
         """
         cfg = self.cfg

@@ -27,6 +27,7 @@ import ml_collections
 from r1jax import checkpoint as ckpt_lib
 from r1jax import distributed, kernels, sharding, train_state
 from r1jax.data.sft import SFTFields, make_sft_iterator
+from r1jax.models import logprobs
 from r1jax.trainers import common, sft
 from r1jax.trainers.loop import TrainLoop
 
@@ -89,9 +90,7 @@ def token_kl(h_s, w_s, h_t, w_t, *, direction: str, temperature: float, implemen
 
 
 def _hidden(model, batch):
-    seg_bt = batch["segment_ids_bt"]
-    hidden, _ = model(batch["tokens_bt"], mask_bt=seg_bt > 0, positions_bt=batch["positions_bt"], segment_ids_bt=seg_bt)
-    return hidden
+    return logprobs.packed_hidden(model, batch["tokens_bt"], batch["segment_ids_bt"], batch["positions_bt"])
 
 
 def distill_loss(
@@ -105,7 +104,7 @@ def distill_loss(
     w_s = student.lm_head_weight()
     mask = batch["loss_mask_bt"].astype(jnp.float32)
     denom = jnp.maximum(mask.sum(), 1.0)
-    logp_bt = kernels.grouped_logprob(h_s, w_s, batch["targets_bt"], implementation=implementation, mesh=mesh)
+    logp_bt = logprobs.token_logps(student, h_s, batch["targets_bt"], implementation=implementation, mesh=mesh)
     nll = -(logp_bt * mask).sum() / denom
     if kl_weight == 0:
         return nll, {"distill/nll": nll}

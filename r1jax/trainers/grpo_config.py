@@ -30,7 +30,7 @@ def rl_config(**overrides) -> ml_collections.ConfigDict:
     c.mu = 1  # μ, optimizer updates per rollout batch (μ = 1: ratio ≡ 1, no old-log-prob pass)
     c.beta = 0.0  # β, k3 KL coefficient (0 skips the reference forward entirely)
     # The update's and the log-prob passes' forward runs each prompt once for its G samples (KV cache, like the
-    # sampler's prefill) instead of G times; equal up to float rounding (r1jax/sampling.py: sequence_logps). On in
+    # sampler's prefill) instead of G times; equal up to float rounding (models/logprobs.py: sequence_logps). On in
     # experiments/r1_zero.py's real-model presets; off here, so the tiny presets' published runs stay as measured
     c.shared_prompt_forward = False
     c.epsilon_low = 0.2  # ε_low

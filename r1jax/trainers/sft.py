@@ -20,11 +20,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from r1jax import distributed, kernels, sharding, train_state
+from r1jax import distributed, sharding, train_state
 from r1jax import metrics as metrics_lib
 from r1jax.data import corpus, formats, provenance
 from r1jax.data import tasks as tasks_lib
 from r1jax.data.sft import SFTFields, load_sft_records, make_sft_iterator
+from r1jax.models import logprobs
 from r1jax.tokenizer import SentencePieceTokenizer, apply_template
 from r1jax.trainers import common
 from r1jax.trainers.loop import TrainLoop, checkpoint_config, validate_checkpoint
@@ -140,13 +141,8 @@ def epoch_steps(records, num_epochs: int, data_kw: dict) -> int:
 def sft_loss(params, batch, *, graphdef, implementation, mesh=None):
     """Mean negative log-likelihood of the response tokens of packed rows (`mesh`: the step's, for the kernel)."""
     model = train_state.merge(graphdef, params)
-    seg_bt = batch["segment_ids_bt"]
-    hidden, _ = model(
-        batch["tokens_bt"], mask_bt=seg_bt > 0, positions_bt=batch["positions_bt"], segment_ids_bt=seg_bt
-    )
-    logp_bt = kernels.grouped_logprob(
-        hidden, model.lm_head_weight(), batch["targets_bt"], implementation=implementation, mesh=mesh
-    )
+    hidden = logprobs.packed_hidden(model, batch["tokens_bt"], batch["segment_ids_bt"], batch["positions_bt"])
+    logp_bt = logprobs.token_logps(model, hidden, batch["targets_bt"], implementation=implementation, mesh=mesh)
     mask = batch["loss_mask_bt"].astype(jnp.float32)
     return -(logp_bt * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
