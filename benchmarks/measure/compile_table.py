@@ -2,7 +2,7 @@
 
     r1jax compile --config experiments/r1_zero.py:qwen2.5-0.5b --topology v5e:2x2 --config.mesh.shape='(1,4,1)' \\
         --json /tmp/0.5b_v5e.json
-    python benchmarks/compile_table.py /tmp/0.5b_v5e.json [more.json ...]
+    python -m benchmarks.measure.compile_table /tmp/0.5b_v5e.json [more.json ...]
 
 One row per program and report: per-chip total (with what stays resident) against HBM, whether it fits, compile
 time, TFLOP per chip, the roofline bound and how often the program runs per RL step.
