@@ -83,8 +83,21 @@ def test_results_json_metrics_agree(demo_run):
             assert m[name] == pytest.approx(evals.ratio(*sums[name]), abs=1e-12), name
         assert m == {k: saved["per_seed"]["0"][model][k] for k in FIELDS}
     assert set(saved["wall_time_s"]) == {"stage0_s", "eval_base_s", "r1_zero_s"}
-    # The format is learned first: the final policy uses the template more often than the base model.
-    assert saved["final"]["format_rate"] > saved["base"]["format_rate"]
+    # Whether the final evaluation's format rate is above the base's is not asserted: at 16 prompts x 2 samples
+    # the two intervals overlap (one CPU gave 0.72 [0.56, 0.88] -> 0.63 [0.44, 0.81], where the machine this test
+    # was written on gave a rise), so the difference is no finding at this size. `test_format_is_learned_first`
+    # checks the learning on the training samples instead.
+
+
+def test_format_is_learned_first(demo_run):
+    """The format reward of the RL samples (32 a step) rises over the 10 steps, before any accuracy: the first
+    thing R1-Zero learns on the two-digit base (measured on one CPU: 0.28 over the first 3 steps, 0.57 over the
+    last 3)."""
+    workdir, _ = demo_run
+    history = metrics_lib.read_history(os.path.join(workdir, "r1_zero"))
+    fmt = [h["reward/format/mean"] for h in history if "reward/format/mean" in h]
+    assert len(fmt) == 10
+    assert np.mean(fmt[-3:]) > np.mean(fmt[:3]) + 0.1, fmt
 
 
 def test_final_metrics_are_the_saved_models_evaluation(demo_run):
