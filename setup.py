@@ -17,6 +17,7 @@ setuptools.setup(
     + ["r1jax.kernels"]
     + ["r1jax.kernels." + p for p in setuptools.find_packages(where="kernels")],
     package_dir={"r1jax.kernels": "kernels"},
+    package_data={"r1jax.rewards.sandbox": ["THREAT_MODEL.md"]},  # the sandbox's threat model ships beside it
     install_requires=[
         "jax>=0.10.2,<0.13",
         "flax>=0.12",

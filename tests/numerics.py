@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from r1jax.models import init_model
+
 U32 = 2.0**-24  # float32 unit roundoff (half an ulp of 1)
 FACTOR = 4.0  # how much less accurate than the reference evaluation a rearranged one may be
 FLOOR_ULPS = 16  # a floor, in ulps of the values' scale, for entries where the reference happens to be exact
@@ -46,8 +48,6 @@ def sum_atol(n: int, scale: float, transcendental_ulps: int = 0) -> float:
 def f64_model(model):
     """A float64 copy of an r1jax Transformer: same weights, activations and parameters in float64. Build and call
     it under `with jax.enable_x64(True):`."""
-    from r1jax.models import init_model
-
     cfg = dataclasses.replace(model.cfg, dtype="float64", param_dtype="float64")
     m = nnx.eval_shape(lambda: init_model(cfg, 0))
     wide = lambda x: jnp.asarray(np.asarray(x), jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x
